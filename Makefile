@@ -1,0 +1,29 @@
+# The two commands of the README:
+#   make run DATA=../shared/datasets/cats_vs_dogs   creates .venv if needed, runs the pipeline
+#   make test                                       creates .venv if needed, runs the tests
+DATA ?= ../shared/datasets/cats_vs_dogs
+OUTPUT ?= output
+ARGS ?=
+VENV := .venv
+# TFX 1.16 needs Python 3.9-3.10: take python3.10 from PATH, else from pyenv.
+PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | tail -n 1)
+
+.PHONY: run test lock
+
+run: $(VENV)/.installed
+	$(VENV)/bin/headswap run --data $(DATA) --output $(OUTPUT) $(ARGS)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests $(ARGS)
+
+# Pins every dependency of requirements.in; pip's resolver takes many minutes on this set.
+lock: $(VENV)/.installed
+	$(VENV)/bin/python -m uv pip compile --python-version 3.10 requirements.in -o requirements.lock
+
+$(VENV)/.installed: requirements.lock setup.py
+	@test -n "$(PYTHON310)" || { echo "headswap needs Python 3.10 (TFX 1.16): install it or set PYTHON310=/path/to/python3.10"; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON310) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q "$$(grep '^uv==' requirements.lock)"
+	$(VENV)/bin/python -m uv pip sync --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/python -m uv pip install --python $(VENV)/bin/python --no-deps -e .
+	touch $@

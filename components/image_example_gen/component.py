@@ -1,0 +1,72 @@
+"""ImageExampleGen: TFX's FileBasedExampleGen with the image executor plugged in."""
+
+import hashlib
+import os
+from typing import Optional
+
+from google.protobuf import any_pb2, struct_pb2
+from tfx.components import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+
+from components import features
+from components.image_example_gen import executor, sources
+
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos
+DEFAULT_EVAL_PERCENT = 20
+
+
+def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disable=invalid-name
+                    eval_percent: int = DEFAULT_EVAL_PERCENT,
+                    max_pixels: int = DEFAULT_MAX_PIXELS,
+                    tfds_data_dir: Optional[str] = None) -> FileBasedExampleGen:
+  """Ingests `data` (a folder, see sources.py, or "tfds:<name>") into train/eval[/test].
+
+  The eval split is carved from the training images by a hash of their content, so an
+  image always lands in the same split; a user-given test split is kept as given.
+  """
+  if not 0 < eval_percent < 100:
+    raise ValueError(f"eval_percent must be between 1 and 99, got {eval_percent}")
+  settings = {"max_pixels": max_pixels}
+  layout = sources.detect_layout(data, labels_csv)
+  if layout == "tfds":
+    import tensorflow_datasets as tfds  # heavy: only for this source
+    tfds_name = data[len(sources.TFDS_PREFIX):]
+    input_base = tfds_data_dir or tfds.core.constants.DATA_DIR
+    settings.update(tfds_name=tfds_name, tfds_data_dir=input_base)
+  else:
+    tfds_name = None
+    input_base = os.path.abspath(data)
+  if labels_csv:
+    settings["labels_csv"] = os.path.abspath(labels_csv)
+    # TFX fingerprints the image files only; a relabelled CSV must invalidate the cache too.
+    with open(labels_csv, "rb") as f:
+      settings["labels_csv_sha256"] = hashlib.sha256(f.read()).hexdigest()
+
+  splits = [example_gen_pb2.SplitConfig.Split(name=features.TRAIN,
+                                              hash_buckets=100 - eval_percent),
+            example_gen_pb2.SplitConfig.Split(name=features.EVAL, hash_buckets=eval_percent)]
+  if layout in ("presplit", "tfds") and _has_test_split(data, tfds_name, input_base):
+    # Routed by the source, not by hash; the bucket count only has to be positive.
+    splits.append(example_gen_pb2.SplitConfig.Split(name=features.TEST, hash_buckets=1))
+
+  packed = any_pb2.Any()
+  packed.Pack(struct_pb2.Struct(fields={
+      key: struct_pb2.Value(string_value=str(value)) if isinstance(value, str)
+      else struct_pb2.Value(number_value=value) for key, value in settings.items()}))
+  return FileBasedExampleGen(
+      input_base=input_base,
+      input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(
+          name="images", pattern=sources.file_pattern(layout, tfds_name))]),
+      output_config=example_gen_pb2.Output(
+          split_config=example_gen_pb2.SplitConfig(splits=splits)),
+      custom_config=example_gen_pb2.CustomConfig(custom_config=packed),
+      custom_executor_spec=executor_spec.BeamExecutorSpec(executor.Executor),
+  ).with_id("ImageExampleGen")
+
+
+def _has_test_split(data, tfds_name, tfds_data_dir) -> bool:
+  if tfds_name is None:
+    return os.path.isdir(os.path.join(data, features.TEST))
+  import tensorflow_datasets as tfds
+  return features.TEST in tfds.builder(tfds_name, data_dir=tfds_data_dir).info.splits

@@ -1,0 +1,106 @@
+"""Decodes one image file, once, into the tf.Example that the rest of headswap reads.
+
+RGB JPEG and PNG files upright on disk are kept byte for byte. Everything else (GIF,
+BMP, WebP, 16-bit or palette or alpha PNG, grayscale, CMYK, EXIF-rotated photos) is
+converted to an upright RGB PNG, so later stages decode one of two formats and never
+see orientation tags. Anything unusable raises SkipImage with a reason for the report.
+"""
+
+import hashlib
+import io
+import warnings
+
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from components import features
+
+KEPT_FORMATS = ("JPEG", "PNG")
+EXIF_ORIENTATION = 0x0112
+PNG_BIT_DEPTH_OFFSET = 24  # signature (8) + IHDR length and type (8) + width and height (8)
+
+
+class SkipImage(Exception):
+  """This file is left out of the examples; str(self) is the reason."""
+
+
+def read_bytes(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as error:
+    raise SkipImage(f"unreadable: {error.strerror or error}") from error
+
+
+def to_example(data: bytes, source: str, label: int, label_name: str,
+               max_pixels: int) -> tf.train.Example:
+  """Returns the example for one image's bytes, or raises SkipImage."""
+  if not data:
+    raise SkipImage("empty file")
+  image = _open(data, max_pixels)
+  source_format = image.format
+  channels = len(image.getbands())
+  if _keep_as_is(data, image):
+    encoded = data
+  else:
+    encoded = _to_rgb_png(image)
+  return tf.train.Example(features=tf.train.Features(feature={
+      features.IMAGE: _bytes(encoded),
+      features.LABEL: _int(label),
+      features.LABEL_NAME: _bytes(label_name.encode()),
+      features.FILENAME: _bytes(source.encode()),
+      features.HEIGHT: _int(image.height),
+      features.WIDTH: _int(image.width),
+      features.CHANNELS: _int(channels),
+      features.FORMAT: _bytes(source_format.lower().encode()),
+      features.SHA256: _bytes(hashlib.sha256(data).hexdigest().encode()),
+  }))
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+  try:
+    image = Image.open(io.BytesIO(data))
+  except Image.UnidentifiedImageError as error:
+    raise SkipImage("not an image") from error
+  except Exception as error:  # PIL raises many types on malformed headers
+    raise SkipImage(f"corrupt image header: {error}") from error
+  if image.width * image.height > max_pixels:
+    raise SkipImage(f"{image.width}x{image.height} exceeds the pixel limit of {max_pixels:,} "
+                    "(decompression bomb guard; raise --max-pixels to accept it)")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # PIL's own bomb warning: the check above decides
+      image.load()  # the full decode: catches truncated and corrupt pixel data
+  except Exception as error:
+    raise SkipImage(f"truncated or corrupt image data: {error}") from error
+  return image
+
+
+def _keep_as_is(data: bytes, image: Image.Image) -> bool:
+  if image.format not in KEPT_FORMATS or image.mode != "RGB":
+    return False
+  if image.format == "PNG" and data[PNG_BIT_DEPTH_OFFSET] != 8:
+    return False  # 16-bit RGB: PIL shows it as RGB, but decoders downstream would not
+  return image.getexif().get(EXIF_ORIENTATION, 1) == 1
+
+
+def _to_rgb_png(image: Image.Image) -> bytes:
+  upright = ImageOps.exif_transpose(image)
+  if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+    # 16-bit grayscale: PIL's convert("RGB") would clip at 255 instead of scaling.
+    upright = upright.point(lambda value: value / 256).convert("L")
+  if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+    rgba = upright.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    upright = Image.alpha_composite(white, rgba)
+  output = io.BytesIO()
+  upright.convert("RGB").save(output, format="PNG")
+  return output.getvalue()
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))

@@ -1,0 +1,211 @@
+"""Finds the labelled images a user points headswap at.
+
+Four layouts are understood:
+  folders   root/<class>/<image>
+  presplit  root/train/<class>/<image> and root/test/<class>/<image>
+  csv       root/<image> plus a CSV of filename,label
+  tfds      a TensorFlow Datasets image-classification dataset, "tfds:<name>"
+
+Listing is cheap and runs before Beam; reading and decoding each image is Beam's job.
+Layout mistakes (an empty class folder, a single class, a test class unknown to train)
+raise IngestError naming the folder; a file that merely cannot be used is skipped
+with a reason so that the run goes on and the report says what was left out.
+"""
+
+import csv
+import dataclasses
+import os
+from typing import List, Optional, Tuple
+
+from components import features
+
+TFDS_PREFIX = "tfds:"
+FILENAME_COLUMNS = ("filename", "file", "image", "id")
+LABEL_COLUMNS = ("label", "class", "category")
+
+
+class IngestError(ValueError):
+  """The input cannot be ingested as given; the message says where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """One image to read: from a file (path) or already in memory (data)."""
+  source: str  # shown to people: path relative to the data root, or tfds:<name>/<split>/<i>
+  label_name: str
+  given_split: Optional[str]  # features.TEST for a user-given test set; None: train/eval by hash
+  path: Optional[str] = None
+  data: Optional[bytes] = None
+
+
+@dataclasses.dataclass
+class Listing:
+  layout: str
+  class_names: List[str]
+  candidates: List[Candidate]
+  skipped: List[Tuple[str, str]]  # (source, reason) found while listing
+
+
+def file_pattern(layout: str, tfds_name: Optional[str] = None) -> str:
+  """The glob, relative to the input base, whose files TFX fingerprints for caching."""
+  return {"folders": "*/*", "presplit": "*/*/*", "csv": "*"}.get(layout) or tfds_name
+
+
+def detect_layout(root: str, labels_csv: Optional[str] = None) -> str:
+  if root.startswith(TFDS_PREFIX):
+    return "tfds"
+  if not os.path.isdir(root):
+    raise IngestError(f"data folder {root!r} does not exist or is not a folder")
+  if labels_csv:
+    return "csv"
+  if os.path.isdir(os.path.join(root, "train")):
+    return "presplit"
+  return "folders"
+
+
+def list_images(root: str, labels_csv: Optional[str] = None,
+                tfds_data_dir: Optional[str] = None) -> Listing:
+  layout = detect_layout(root, labels_csv)
+  if layout == "tfds":
+    return _list_tfds(root[len(TFDS_PREFIX):], tfds_data_dir)
+  if layout == "csv":
+    return _list_csv(root, labels_csv)
+  if layout == "presplit":
+    return _list_presplit(root)
+  skipped = []
+  class_names, candidates = _list_class_folders(root, "", None, skipped)
+  _require_two_classes(class_names, root)
+  return Listing(layout, class_names, candidates, skipped)
+
+
+def _list_class_folders(root, prefix, given_split, skipped):
+  """Lists root/prefix/<class>/* and returns (sorted class names, candidates)."""
+  folder = os.path.join(root, prefix)
+  class_names = []
+  candidates = []
+  for entry in sorted(os.listdir(folder)):
+    relative = os.path.join(prefix, entry)
+    path = os.path.join(folder, entry)
+    if entry.startswith("."):
+      skipped.append((relative, "hidden"))
+      continue
+    if not os.path.isdir(path):
+      skipped.append((relative, "file outside any class folder"))
+      continue
+    found = _list_files(root, relative, entry, given_split, skipped)
+    if not found:
+      raise IngestError(f"class folder {path!r} holds no images")
+    class_names.append(entry)
+    candidates.extend(found)
+  return class_names, candidates
+
+
+def _list_files(root, relative_folder, label_name, given_split, skipped):
+  found = []
+  for name in sorted(os.listdir(os.path.join(root, relative_folder))):
+    relative = os.path.join(relative_folder, name)
+    reason = _unreadable_reason(os.path.join(root, relative), name)
+    if reason:
+      skipped.append((relative, reason))
+    else:
+      found.append(Candidate(relative, label_name, given_split, path=os.path.join(root, relative)))
+  return found
+
+
+def _unreadable_reason(path, name) -> Optional[str]:
+  if name.startswith("."):
+    return "hidden"
+  if os.path.islink(path) and not os.path.exists(path):
+    return "broken symlink"
+  if os.path.isdir(path):
+    return "nested folder (only files directly in a class folder are read)"
+  return None
+
+
+def _require_two_classes(class_names, where):
+  if len(class_names) < 2:
+    found = f"only {class_names[0]!r}" if class_names else "none"
+    raise IngestError(f"{where!r} needs at least two class folders to classify; found {found}")
+
+
+def _list_presplit(root) -> Listing:
+  skipped = []
+  for entry in sorted(os.listdir(root)):
+    if entry not in ("train", "test"):
+      skipped.append((entry, "not a train/ or test/ folder"))
+  class_names, candidates = _list_class_folders(root, "train", None, skipped)
+  _require_two_classes(class_names, os.path.join(root, "train"))
+  if os.path.isdir(os.path.join(root, "test")):
+    test_classes, test_candidates = _list_class_folders(root, "test", features.TEST, skipped)
+    unknown = sorted(set(test_classes) - set(class_names))
+    if unknown:
+      raise IngestError(
+          f"test class folder {os.path.join(root, 'test', unknown[0])!r} has no "
+          f"counterpart in {os.path.join(root, 'train')!r}; the model could never predict it")
+    candidates.extend(test_candidates)
+  return Listing("presplit", class_names, candidates, skipped)
+
+
+def _list_csv(root, labels_csv) -> Listing:
+  if not os.path.isfile(labels_csv):
+    raise IngestError(f"labels CSV {labels_csv!r} does not exist")
+  with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    raise IngestError(f"labels CSV {labels_csv!r} is empty")
+  header = [column.strip().lower() for column in rows[0]]
+  file_column = next((header.index(c) for c in FILENAME_COLUMNS if c in header), None)
+  label_column = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+  if file_column is None or label_column is None:
+    raise IngestError(
+        f"labels CSV {labels_csv!r} needs a header naming a file column "
+        f"({'/'.join(FILENAME_COLUMNS)}) and a label column ({'/'.join(LABEL_COLUMNS)}); "
+        f"its first row is {rows[0]}")
+  skipped = []
+  candidates = []
+  listed = set()
+  for line_number, row in enumerate(rows[1:], start=2):
+    if len(row) <= max(file_column, label_column) or not row[label_column].strip():
+      skipped.append((f"{labels_csv}:{line_number}", "CSV row without a file name and label"))
+      continue
+    relative = row[file_column].strip()
+    listed.add(relative)
+    path = os.path.join(root, relative)
+    reason = "listed in the labels CSV but missing" if not os.path.lexists(path) else (
+        _unreadable_reason(path, os.path.basename(relative)))
+    if reason:
+      skipped.append((relative, reason))
+    else:
+      candidates.append(Candidate(relative, row[label_column].strip(), None, path=path))
+  for name in sorted(os.listdir(root)):
+    if name not in listed and os.path.join(root, name) != os.path.abspath(labels_csv):
+      skipped.append((name, "not in the labels CSV"))
+  class_names = sorted({c.label_name for c in candidates})
+  _require_two_classes(class_names, labels_csv)
+  return Listing("csv", class_names, candidates, skipped)
+
+
+def _list_tfds(name, data_dir) -> Listing:
+  import tensorflow_datasets as tfds  # heavy: only for this source
+
+  builder = tfds.builder(name, data_dir=data_dir)
+  image_key = next((k for k, f in builder.info.features.items()
+                    if isinstance(f, tfds.features.Image)), None)
+  label_key = next((k for k, f in builder.info.features.items()
+                    if isinstance(f, tfds.features.ClassLabel)), None)
+  if image_key is None or label_key is None:
+    raise IngestError(f"TFDS dataset {name!r} is not an image-classification dataset "
+                      "(it needs an Image and a ClassLabel feature)")
+  class_names = builder.info.features[label_key].names
+  candidates = []
+  skipped = [(f"tfds:{name}/{split}", "split not used (only train and test are)")
+             for split in builder.info.splits if split not in ("train", "test")]
+  for split in ("train", "test"):
+    if split not in builder.info.splits:
+      continue
+    dataset = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+    for index, example in enumerate(tfds.as_numpy(dataset)):
+      candidates.append(Candidate(
+          f"tfds:{name}/{split}/{index}", class_names[int(example[label_key])],
+          features.TEST if split == "test" else None, data=bytes(example[image_key])))
+  return Listing("tfds", sorted(class_names), candidates, skipped)

@@ -1,0 +1,105 @@
+"""`headswap`: a thin command-line shell over the pipeline stages.
+
+Heavy imports (TensorFlow, TFX) happen inside the commands, so `headswap --help` is instant.
+"""
+
+import argparse
+import logging
+import os
+import re
+import sys
+
+from components.image_example_gen import sources
+
+DEFAULT_OUTPUT = "output"
+
+
+def _add_data_arguments(parser):
+  parser.add_argument("--data", required=True,
+                      help="image folder (root/<class>/*, root/train|test/<class>/*, or images "
+                           "with --labels) or tfds:<name> for a TensorFlow Datasets dataset")
+  parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+  parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                      help="folder for artifacts, metadata, served models and the report")
+  parser.add_argument("--name", help="pipeline name (default: from the data folder)")
+  parser.add_argument("--eval-percent", type=int, default=20,
+                      help="share of the training images held out for evaluation, by hash")
+  parser.add_argument("--max-pixels", type=int, default=50_000_000,
+                      help="images with more pixels are skipped as decompression bombs")
+  parser.add_argument("--tfds-data-dir", help="TensorFlow Datasets data dir for tfds:<name>")
+  parser.add_argument("--beam-args", default="",
+                      help='Beam pipeline args, e.g. "--direct_num_workers=2 '
+                           '--direct_running_mode=multi_processing"')
+
+
+def pipeline_name(args) -> str:
+  """Kubeflow needs [a-z0-9][a-z0-9-]*; the same name everywhere keeps caches shared."""
+  raw = args.name or os.path.basename(os.path.normpath(args.data.replace(":", "-"))) or "images"
+  return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-") or "images"
+
+
+def _config(args, stages):
+  from pipeline.pipeline import PipelineConfig
+
+  if not args.data.startswith(sources.TFDS_PREFIX):
+    # List once up front: layout mistakes fail here, before TFX starts, naming the folder.
+    listing = sources.list_images(args.data, args.labels)
+    num_classes = len(listing.class_names)
+  else:
+    num_classes = None
+  return PipelineConfig(
+      name=pipeline_name(args), root=os.path.join(args.output, "tfx"), data=args.data,
+      labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir,
+      eval_percent=args.eval_percent, max_pixels=args.max_pixels,
+      num_classes=num_classes, stages=stages)
+
+
+def _run_pipeline(args, stages):
+  from components import features
+  from components.image_example_gen.executor import summarize
+  from pipeline import local_runner
+
+  artifacts = local_runner.run(_config(args, stages), args.output, args.beam_args.split())
+  examples = artifacts["ImageExampleGen.examples"]
+  print(summarize(local_runner.read_json(os.path.join(examples, features.REPORT_FILE))))
+  print(f"examples: {examples}")
+  return artifacts
+
+
+def cmd_ingest(args):
+  _run_pipeline(args, "ingest")
+
+
+def cmd_run(args):
+  _run_pipeline(args, "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="headswap", description="Folders of labelled photos to a served image classifier.")
+  parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
+  commands = parser.add_subparsers(dest="command", required=True)
+
+  ingest = commands.add_parser("ingest", help="ingest images into TFRecords and validate them")
+  _add_data_arguments(ingest)
+  ingest.set_defaults(func=cmd_ingest)
+
+  run = commands.add_parser("run", help="run the whole pipeline locally")
+  _add_data_arguments(run)
+  run.set_defaults(func=cmd_run)
+  return parser
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                      format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger("headswap").setLevel(logging.INFO)  # our progress lines, always
+  try:
+    args.func(args)
+  except sources.IngestError as error:
+    sys.exit(f"headswap: {error}")
+
+
+if __name__ == "__main__":
+  main()

