@@ -1,0 +1,55 @@
+"""Exports a trained classifier as a SavedModel that TF Serving and TFMA both load.
+
+Two signatures, one preprocessing path (trainer/preprocessing.py):
+  serving_default  images: encoded image bytes [B] (REST: {"b64": ...})
+  from_examples    examples: serialized tf.Example [B] (what the Evaluator feeds)
+Both return probabilities [B, C], class_index [B] and class_name [B]; the class names
+are constants in the graph, so a served model names its classes on its own.
+"""
+
+import json
+import os
+from typing import List
+
+import keras
+import tensorflow as tf
+
+from trainer import preprocessing
+
+SERVING_SIGNATURE = "serving_default"
+EXAMPLES_SIGNATURE = "from_examples"
+IMAGES_INPUT = "images"
+EXAMPLES_INPUT = "examples"
+METADATA_FILE = "headswap.json"  # in assets.extra: class names and image size for tools
+
+
+def export_classifier(model: keras.Model, class_names: List[str], image_size: int,
+                      path: str) -> str:
+  """Writes `model` (0-255 pixels [B, size, size, 3] -> probabilities [B, C]) to `path`."""
+  names = tf.constant(class_names)
+
+  def predict(pixels):
+    probabilities = model(pixels, training=False)
+    class_index = tf.argmax(probabilities, axis=-1)
+    return {"probabilities": probabilities, "class_index": class_index,
+            "class_name": tf.gather(names, class_index)}
+
+  def from_images(images):
+    return predict(preprocessing.decode_images(images, image_size))
+
+  def from_examples(examples):
+    images, _ = preprocessing.parse_examples(examples)
+    return predict(preprocessing.decode_images(images, image_size))
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(SERVING_SIGNATURE, from_images,
+                       input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
+  archive.add_endpoint(EXAMPLES_SIGNATURE, from_examples,
+                       input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+  archive.write_out(path)
+  extra = os.path.join(path, "assets.extra")
+  tf.io.gfile.makedirs(extra)
+  with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
+    json.dump({"class_names": list(class_names), "image_size": image_size}, f)
+  return path

@@ -1,0 +1,34 @@
+"""The one image path shared by training, evaluation and serving.
+
+Bytes in (JPEG, PNG, GIF or BMP), a [size, size, 3] float32 tensor of 0-255 pixels out.
+Each backbone scales pixels the way its weights expect inside the model, so nothing
+here depends on the backbone but the size.
+"""
+
+import tensorflow as tf
+
+from components import features
+
+
+def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image = tf.image.resize(image, [image_size, image_size])  # float32, still 0-255
+  return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def decode_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+  """A batch of encoded images [B] to pixels [B, size, size, 3]."""
+  return tf.map_fn(lambda one: decode_image(one, image_size), image_bytes,
+                   fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+
+
+EXAMPLE_SPEC = {
+    features.IMAGE: tf.io.FixedLenFeature([], tf.string),
+    features.LABEL: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def parse_examples(serialized: tf.Tensor):
+  """Serialized tf.Examples [B] to (encoded images [B], labels [B])."""
+  parsed = tf.io.parse_example(serialized, EXAMPLE_SPEC)
+  return parsed[features.IMAGE], parsed[features.LABEL]
