@@ -32,6 +32,28 @@ def _add_data_arguments(parser):
                            '--direct_running_mode=multi_processing"')
 
 
+def _add_training_arguments(parser):
+  """One flag per trainer.hparams.HParams field; only flags given reach the Trainer."""
+  import dataclasses
+
+  from trainer.hparams import HParams
+
+  group = parser.add_argument_group("training (defaults in trainer/hparams.py)")
+  for field in dataclasses.fields(HParams):
+    flag = "--" + field.name.replace("_", "-")
+    if field.type is bool or isinstance(field.default, bool):
+      group.add_argument(flag, dest=f"hp_{field.name}", action=argparse.BooleanOptionalAction,
+                         default=None)
+    else:
+      group.add_argument(flag, dest=f"hp_{field.name}", type=type(field.default), default=None,
+                         help=f"default: {field.default!r}")
+
+
+def _given_hparams(args):
+  return {key[3:]: value for key, value in vars(args).items()
+          if key.startswith("hp_") and value is not None}
+
+
 def pipeline_name(args) -> str:
   """Kubeflow needs [a-z0-9][a-z0-9-]*; the same name everywhere keeps caches shared."""
   raw = args.name or os.path.basename(os.path.normpath(args.data.replace(":", "-"))) or "images"
@@ -41,20 +63,23 @@ def pipeline_name(args) -> str:
 def _config(args, stages):
   from pipeline.pipeline import PipelineConfig
 
-  if not args.data.startswith(sources.TFDS_PREFIX):
-    # List once up front: layout mistakes fail here, before TFX starts, naming the folder.
-    listing = sources.list_images(args.data, args.labels)
-    num_classes = len(listing.class_names)
-  else:
-    num_classes = None
+  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir)
+  name = pipeline_name(args)
   return PipelineConfig(
-      name=pipeline_name(args), root=os.path.join(args.output, "tfx"), data=args.data,
+      name=name, root=os.path.join(args.output, "tfx"), data=args.data,
       labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir,
       eval_percent=args.eval_percent, max_pixels=args.max_pixels,
-      num_classes=num_classes, stages=stages)
+      num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
+      hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
+      accuracy_threshold=getattr(args, "accuracy_threshold", 0.6),
+      max_accuracy_drop=getattr(args, "max_accuracy_drop", 0.01))
 
 
 def _run_pipeline(args, stages):
+  cpu_replicas = _given_hparams(args).get("cpu_replicas", 1)
+  if cpu_replicas > 1:
+    from trainer.strategy import configure_cpu_devices
+    configure_cpu_devices(cpu_replicas)  # before anything initialises TensorFlow
   from components import features
   from components.image_example_gen.executor import summarize
   from pipeline import local_runner
@@ -86,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
 
   run = commands.add_parser("run", help="run the whole pipeline locally")
   _add_data_arguments(run)
+  _add_training_arguments(run)
+  run.add_argument("--accuracy-threshold", type=float, default=0.6,
+                   help="the Evaluator blesses (and the Pusher ships) only models at least this "
+                        "accurate on the eval split")
+  run.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                   help="... and no more than this below the last blessed model")
   run.set_defaults(func=cmd_run)
   return parser
 

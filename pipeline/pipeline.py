@@ -1,14 +1,22 @@
 """The one function that builds headswap's TFX pipeline; runners only choose where it runs."""
 
 import dataclasses
-from typing import List, Optional
+import hashlib
+import os
+from typing import Any, Dict, List, Optional
 
 import tensorflow_data_validation as tfdv
+import tensorflow_model_analysis as tfma
 from tensorflow_data_validation.anomalies.proto import custom_validation_config_pb2
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.types import standard_artifacts
 
+import components
+import trainer
 from components import features
+from components.atomic_pusher import executor as atomic_pusher
 from components.image_example_gen.component import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS,
                                                     ImageExampleGen)
 
@@ -25,6 +33,19 @@ class PipelineConfig:
   max_pixels: int = DEFAULT_MAX_PIXELS
   num_classes: Optional[int] = None  # known when the data was listed up front: enables checks
   stages: str = "all"  # "ingest" stops after data validation
+  has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
+  hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
+  accuracy_threshold: float = 0.6  # the gate: a model below it is never pushed
+  max_accuracy_drop: float = 0.01  # ... nor one this much worse than the last blessed model
+  serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/
+
+  @property
+  def feature_cache_dir(self) -> str:
+    return os.path.join(self.root, "feature_cache")
+
+
+TRAINER_MODULE = os.path.join(os.path.dirname(trainer.__file__), "tfx_module",
+                              "trainer_module.py")
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -40,12 +61,86 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
       custom_validation_config=_every_class_present(config.num_classes))
-  components = [example_gen, statistics_gen, schema_gen, example_validator]
-
+  nodes = [example_gen, statistics_gen, schema_gen, example_validator]
+  if config.stages != "ingest":
+    nodes += _training_nodes(config, example_gen, schema_gen)
   return tfx_pipeline.Pipeline(
-      pipeline_name=config.name, pipeline_root=config.root, components=components,
+      pipeline_name=config.name, pipeline_root=config.root, components=nodes,
       enable_cache=True, metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])
+
+
+def _training_nodes(config, example_gen, schema_gen):
+  """Trainer, then the Evaluator's gate against the last blessed model, then the Pusher."""
+  trainer_component = tfx.components.Trainer(
+      module_file=TRAINER_MODULE,
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(splits=[features.TRAIN]),
+      eval_args=tfx.proto.EvalArgs(splits=[features.EVAL]),
+      custom_config={"hparams": config.hparams, "feature_cache_dir": config.feature_cache_dir,
+                     "code_fingerprint": _code_fingerprint(trainer, components)})
+  baseline = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
+  ).with_id("LatestBlessedModelResolver")
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
+      baseline_model=baseline.outputs["model"],
+      example_splits=[features.EVAL], eval_config=eval_config(config, gate=True))
+  pusher = tfx.components.Pusher(
+      model=trainer_component.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)),
+      custom_executor_spec=executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
+  nodes = [trainer_component, baseline, evaluator, pusher]
+  if config.has_test_split:
+    # Reported on its own: the eval split also steered early stopping and tuning.
+    nodes.append(tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
+        example_splits=[features.TEST], eval_config=eval_config(config, gate=False),
+    ).with_id("TestEvaluator"))
+  return nodes
+
+
+def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
+  """Accuracy (gated), per-class precision/recall/F1, AUC for two classes, confusion matrix.
+
+  The exported model is a plain SavedModel to TFMA, so every metric is listed here.
+  """
+  accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy")
+  if gate:
+    accuracy.threshold.CopyFrom(tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.accuracy_threshold}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -config.max_accuracy_drop})))
+  per_class = ["Precision", "Recall", "F1Score"] + (["AUC"] if config.num_classes == 2 else [])
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(signature_name="from_examples", label_key=features.LABEL,
+                                  prediction_key="probabilities")],
+      metrics_specs=[
+          tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount"), accuracy,
+                                    tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")]),
+          tfma.MetricsSpec(binarize=tfma.BinarizationOptions(
+              class_ids={"values": list(range(config.num_classes))}),
+              metrics=[tfma.MetricConfig(class_name=name) for name in per_class]),
+      ],
+      slicing_specs=[tfma.SlicingSpec()])
+
+
+def _code_fingerprint(*packages) -> str:
+  """Changes with the code a component runs, so TFX's cache never serves stale results."""
+  digest = hashlib.sha256()
+  for package in packages:
+    root = os.path.dirname(package.__file__)
+    for folder, _, files in sorted(os.walk(root)):
+      for name in sorted(f for f in files if f.endswith(".py")):
+        with open(os.path.join(folder, name), "rb") as f:
+          digest.update(f.read())
+  return digest.hexdigest()[:16]
 
 
 def _every_class_present(num_classes):

@@ -78,6 +78,25 @@ def list_images(root: str, labels_csv: Optional[str] = None,
   return Listing(layout, class_names, candidates, skipped)
 
 
+def preflight(root: str, labels_csv: Optional[str] = None,
+              tfds_data_dir: Optional[str] = None) -> Tuple[List[str], bool]:
+  """(class names, whether a test split is given), cheaply, before any pipeline starts.
+
+  Layout mistakes raise IngestError here, before TFX and Beam spend a minute starting.
+  """
+  if detect_layout(root, labels_csv) == "tfds":
+    info = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir).info
+    label = next(f for f in info.features.values() if hasattr(f, "names"))
+    return sorted(label.names), features.TEST in info.splits
+  listing = list_images(root, labels_csv)
+  return listing.class_names, any(c.given_split == features.TEST for c in listing.candidates)
+
+
+def _tfds_builder(name, data_dir):
+  import tensorflow_datasets as tfds  # heavy: only for this source
+  return tfds.builder(name, data_dir=data_dir)
+
+
 def _list_class_folders(root, prefix, given_split, skipped):
   """Lists root/prefix/<class>/* and returns (sorted class names, candidates)."""
   folder = os.path.join(root, prefix)

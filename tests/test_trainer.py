@@ -1,0 +1,102 @@
+"""The frozen-then-unfrozen schedule and the export, on tiny real TFRecords."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import features
+from tests.conftest import write_class_folders
+from tests.examples import write_examples
+from trainer import export, train
+from trainer.backbones import registry
+from trainer.hparams import HParams
+
+BACKBONE = "efficientnet_lite0"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+  root = tmp_path_factory.mktemp("trainer")
+  return write_examples(write_class_folders(str(root / "images"), per_class=10),
+                        str(root / "examples"))
+
+
+@pytest.fixture(scope="module")
+def initial_weights(tmp_path_factory):
+  """A random base saved to a file, so every run starts from the same known weights."""
+  path = str(tmp_path_factory.mktemp("weights") / "base.weights.h5")
+  registry.build_base(BACKBONE, None, SIZE).save_weights(path)
+  return path
+
+
+def _hparams(weights, **overrides):
+  return HParams(backbone=BACKBONE, weights=weights, image_size=SIZE, epochs=1,
+                 fine_tune_epochs=1, batch_size=8, **overrides)
+
+
+def _train(examples, hp, tmp_path):
+  return train.train([os.path.join(examples, "Split-train", "*")],
+                     [os.path.join(examples, "Split-eval", "*")], 2, hp,
+                     str(tmp_path / "cache"), str(tmp_path / "run"))
+
+
+def _base_of(classifier):
+  return next(layer for layer in classifier.layers if layer.name not in ("pixels", "head"))
+
+
+def _weights_of(base):
+  return {f"{layer.name}/{i}": w.numpy().copy() for layer in base.layers
+          for i, w in enumerate(layer.weights)}
+
+
+def test_frozen_phase_changes_no_base_weight(examples, initial_weights, tmp_path):
+  run = _train(examples, _hparams(initial_weights, fine_tune_blocks=0), tmp_path)
+  after = _weights_of(_base_of(run.classifier))
+  before = _weights_of(registry.build_base(BACKBONE, initial_weights, SIZE))
+  assert [row["phase"] for row in run.history] == ["frozen"]
+  assert all(np.array_equal(before[name], after[name]) for name in before)
+
+
+def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(examples, initial_weights,
+                                                                      tmp_path):
+  hp = _hparams(initial_weights, fine_tune_blocks=1, learning_rate=1e-2,
+                fine_tune_learning_rate=1e-2)
+  run = _train(examples, hp, tmp_path)
+  base = _base_of(run.classifier)
+  after = _weights_of(base)
+  before = _weights_of(registry.build_base(BACKBONE, initial_weights, SIZE))
+  top = {layer.name for block in registry.blocks(base)[-1:] for layer in block}
+  changed = {name.split("/")[0] for name in before if not np.array_equal(before[name], after[name])}
+  bn = {layer.name for layer in base.layers if "BatchNormalization" in type(layer).__name__}
+
+  assert [row["phase"] for row in run.history] == ["frozen", "fine_tune"]
+  assert run.history[-1]["epoch"] == 2  # the epoch count continues from phase 1
+  assert changed <= top - bn
+  if run.summary["fine_tune"]["kept"]:
+    assert changed, "fine-tuning was kept but no top-block weight changed"
+  else:
+    assert not changed  # worse than phase 1: the phase-1 weights were restored
+
+
+def test_export_signatures_agree_and_reject_garbage(examples, tmp_path):
+  run = _train(examples, _hparams("none", fine_tune_blocks=0), tmp_path)
+  path = export.export_classifier(run.classifier, ["cats", "dogs"], run.image_size,
+                                  str(tmp_path / "model"))
+  loaded = tf.saved_model.load(path)
+  records = list(tf.data.TFRecordDataset(
+      tf.io.gfile.glob(os.path.join(examples, "Split-eval", "*")), compression_type="GZIP"))
+  serialized = tf.stack(records)
+  images = tf.io.parse_example(serialized, {features.IMAGE: tf.io.FixedLenFeature([], tf.string)})
+  from_images = loaded.signatures[export.SERVING_SIGNATURE](images=images[features.IMAGE])
+  from_examples = loaded.signatures[export.EXAMPLES_SIGNATURE](examples=serialized)
+  np.testing.assert_allclose(from_images["probabilities"], from_examples["probabilities"],
+                             rtol=1e-5)
+  assert set(from_images["class_name"].numpy()) <= {b"cats", b"dogs"}
+  with open(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
+    assert json.load(f)["class_names"] == ["cats", "dogs"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+    loaded.signatures[export.SERVING_SIGNATURE](images=tf.constant([b"not an image"]))

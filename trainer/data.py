@@ -1,0 +1,63 @@
+"""tf.data input from ExampleGen's TFRecords: every image is decoded and resized once."""
+
+import json
+import os
+from typing import List
+
+import keras
+import tensorflow as tf
+
+from components import features
+from trainer import preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 2048
+
+
+def class_names_of(split_files: List[str]) -> List[str]:
+  """The class list ExampleGen wrote next to its splits (…/<examples>/Split-train/*)."""
+  examples_uri = os.path.dirname(os.path.dirname(split_files[0]))
+  with tf.io.gfile.GFile(os.path.join(examples_uri, features.CLASS_NAMES_FILE)) as f:
+    return json.load(f)
+
+
+def decoded_images(file_patterns: List[str], image_size: int) -> tf.data.Dataset:
+  """(uint8 pixels [size, size, 3], label) per example, decoded once and kept in memory.
+
+  uint8 keeps the cache at a quarter of float32's size (2,000 images at 224 px: 300 MB).
+  """
+  files = tf.data.Dataset.list_files(file_patterns, shuffle=False)
+  records = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=AUTOTUNE)
+
+  def decode(serialized):
+    parsed = tf.io.parse_single_example(serialized, preprocessing.EXAMPLE_SPEC)
+    pixels = preprocessing.decode_image(parsed[features.IMAGE], image_size)
+    return tf.cast(tf.round(pixels), tf.uint8), parsed[features.LABEL]
+
+  return records.map(decode, num_parallel_calls=AUTOTUNE).cache()
+
+
+def augmenter(names: List[str], seed: int) -> keras.Sequential:
+  """Random transforms for training batches; identity at evaluation."""
+  layers = {
+      "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed),
+      "rotation": lambda: keras.layers.RandomRotation(0.1, seed=seed),
+      "zoom": lambda: keras.layers.RandomZoom(0.1, seed=seed),
+      "translation": lambda: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
+      "contrast": lambda: keras.layers.RandomContrast(0.1, seed=seed),
+  }
+  return keras.Sequential([layers[name]() for name in names], name="augmentation")
+
+
+def batches(images: tf.data.Dataset, batch_size: int, training: bool,
+            augmentations: List[str] = (), seed: int = 0) -> tf.data.Dataset:
+  """Float 0-255 pixel batches; shuffled and augmented only when training."""
+  if training:
+    images = images.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+  dataset = images.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
+                                         num_parallel_calls=AUTOTUNE)
+  if training and augmentations:
+    augment = augmenter(list(augmentations), seed)
+    dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
+                          num_parallel_calls=AUTOTUNE)
+  return dataset.prefetch(AUTOTUNE)

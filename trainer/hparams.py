@@ -1,0 +1,56 @@
+"""Training settings: defaults, overridden by the CLI's flags, then by the Tuner's best values."""
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional
+
+AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast")
+
+
+@dataclasses.dataclass
+class HParams:
+  backbone: str = "efficientnet_lite0"
+  weights: str = "imagenet"  # "imagenet", a weights file, or "none" (random: tests only)
+  image_size: int = 0  # 0: the backbone's native size
+  head_units: int = 0  # 0: no hidden dense layer, pooled features straight to the softmax
+  dropout: float = 0.2
+  learning_rate: float = 1e-3
+  epochs: int = 20  # phase 1 at most (early stopping usually ends it sooner)
+  fine_tune_blocks: int = 2  # 0 skips phase 2
+  fine_tune_learning_rate: float = 0.0  # 0: learning_rate / 10
+  fine_tune_epochs: int = 5
+  patience: int = 3
+  batch_size: int = 32  # per replica
+  augment: str = ",".join(AUGMENTATIONS)  # comma list, or "" for none
+  fast_feature_extraction: bool = True  # phase 1 on cached pooled features
+  cpu_replicas: int = 1  # >1 mirrors over that many logical CPU devices (see trainer/strategy.py)
+  seed: int = 0
+
+  def __post_init__(self):
+    unknown = set(self.augmentations) - set(AUGMENTATIONS)
+    if unknown:
+      raise ValueError(f"unknown augmentation {sorted(unknown)[0]!r}; "
+                       f"choose from {', '.join(AUGMENTATIONS)}")
+    if self.fine_tune_blocks < 0 or self.head_units < 0 or not 0 <= self.dropout < 1:
+      raise ValueError(f"invalid hyperparameters: {self}")
+
+  @property
+  def augmentations(self):
+    return [name.strip() for name in self.augment.split(",") if name.strip()]
+
+  @property
+  def phase2_learning_rate(self) -> float:
+    return self.fine_tune_learning_rate or self.learning_rate / 10
+
+  @classmethod
+  def from_sources(cls, custom_config: Optional[Dict[str, Any]] = None,
+                   tuned: Optional[Dict[str, Any]] = None) -> "HParams":
+    """Flags from the pipeline's custom_config, then the Tuner's values on top."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {}
+    for source in (custom_config or {}, tuned or {}):
+      values.update({k: v for k, v in source.items() if k in fields})
+    return cls(**values)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)

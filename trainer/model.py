@@ -1,0 +1,29 @@
+"""The classifier: a pretrained base, its head cut off, and a new head for our classes."""
+
+import keras
+
+from trainer.hparams import HParams
+
+
+def build_head(feature_dim: int, num_classes: int, hp: HParams) -> keras.Model:
+  """Pooled features [B, D] -> class probabilities [B, C]."""
+  features = keras.Input((feature_dim,), name="pooled_features")
+  x = features
+  if hp.head_units:
+    x = keras.layers.Dense(hp.head_units, activation="relu", name="head_dense")(x)
+  x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
+  probabilities = keras.layers.Dense(num_classes, activation="softmax", name="head_softmax")(x)
+  return keras.Model(features, probabilities, name="head")
+
+
+def build_classifier(base: keras.Model, head: keras.Model) -> keras.Model:
+  """Raw 0-255 pixels -> probabilities. The base always runs with training=False, so its
+  BatchNormalization layers keep their ImageNet statistics even while fine-tuning."""
+  pixels = keras.Input(base.input_shape[1:], name="pixels")
+  probabilities = head(base(pixels, training=False))
+  return keras.Model(pixels, probabilities, name="classifier")
+
+
+def compile_for_training(model: keras.Model, learning_rate: float) -> None:
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -1,0 +1,29 @@
+"""Learning curves of both phases, with the moment fine-tuning started marked."""
+
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: training runs have no screen
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+
+def learning_curves(history: List[Dict[str, float]], path: str) -> str:
+  epochs = [row["epoch"] for row in history]
+  fine_tune_start = next((row["epoch"] - 0.5 for row in history if row["phase"] == "fine_tune"),
+                         None)
+  figure, axes = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+  for axis, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
+    axis.plot(epochs, [row[metric] for row in history], marker="o", label=f"Training {metric}")
+    axis.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o",
+              label=f"Validation {metric}")
+    if fine_tune_start is not None:
+      axis.axvline(fine_tune_start, color="grey", linestyle="--", label="Start fine-tuning")
+    axis.set_title(f"Training and validation {metric}")
+    axis.set_ylabel(title)
+    axis.legend(loc="lower right" if metric == "accuracy" else "upper right")
+  axes[1].set_xlabel("epoch")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path

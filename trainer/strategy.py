@@ -1,0 +1,35 @@
+"""Which tf.distribute strategy the Trainer builds and trains under."""
+
+import logging
+
+import tensorflow as tf
+
+log = logging.getLogger("headswap")
+
+
+def configure_cpu_devices(count: int) -> None:
+  """Splits the CPU into `count` logical devices, so MirroredStrategy can mirror over them.
+
+  Must run before TensorFlow initialises its devices: in the process that starts the
+  pipeline (the CLI, a test), never in run_fn.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+
+
+def mirrored_strategy(cpu_replicas: int = 1) -> tf.distribute.MirroredStrategy:
+  """All GPUs if there are any, else `cpu_replicas` logical CPU devices.
+
+  On 2 CPU cores one replica trained faster than two (13.9 s vs 25.7 s per fit), hence
+  the default of 1; more replicas are for tests and for machines with many cores.
+  """
+  gpus = tf.config.list_logical_devices("GPU")
+  if gpus:
+    return tf.distribute.MirroredStrategy([device.name for device in gpus])
+  cpus = tf.config.list_logical_devices("CPU")
+  if cpu_replicas > len(cpus):
+    log.warning("asked for %d CPU replicas but TensorFlow has %d logical CPU devices; "
+                "use --cpu-replicas on the command line (it configures them before "
+                "TensorFlow starts)", cpu_replicas, len(cpus))
+  return tf.distribute.MirroredStrategy([device.name for device in cpus[:max(cpu_replicas, 1)]])

@@ -1,0 +1,36 @@
+"""run_fn: what the TFX Trainer runs, from examples and hyperparameters to a SavedModel."""
+
+import json
+import logging
+import os
+
+import keras_tuner
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from trainer import data, plots
+from trainer.export import export_classifier
+from trainer.hparams import HParams
+from trainer.train import train
+
+log = logging.getLogger("headswap")
+HISTORY_FILE = "history.json"
+SUMMARY_FILE = "training_summary.json"
+CURVES_FILE = "learning_curves.png"
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+  config = fn_args.custom_config or {}
+  tuned = (keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
+           if fn_args.hyperparameters else None)
+  hp = HParams.from_sources(config.get("hparams"), tuned)
+  class_names = data.class_names_of(fn_args.train_files)
+  log.info("training %d classes with %s", len(class_names), hp.to_json())
+  run = train(fn_args.train_files, fn_args.eval_files, len(class_names), hp,
+              config["feature_cache_dir"], fn_args.model_run_dir)
+  export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
+  tf.io.gfile.makedirs(fn_args.model_run_dir)
+  for name, value in ((HISTORY_FILE, run.history), (SUMMARY_FILE, run.summary)):
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, name), "w") as f:
+      json.dump(value, f, indent=2)
+  plots.learning_curves(run.history, os.path.join(fn_args.model_run_dir, CURVES_FILE))

@@ -1,0 +1,108 @@
+"""The transfer-learning schedule: train a new head on the frozen base, then fine-tune the
+top blocks of the base at a lower learning rate, all under a MirroredStrategy."""
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Dict, List
+
+import keras
+
+from trainer import data, feature_cache
+from trainer.backbones import registry
+from trainer.hparams import HParams
+from trainer.model import build_classifier, build_head, compile_for_training
+from trainer.strategy import mirrored_strategy
+
+log = logging.getLogger("headswap")
+FROZEN, FINE_TUNE = "frozen", "fine_tune"
+
+
+@dataclasses.dataclass
+class TrainingRun:
+  classifier: keras.Model
+  image_size: int
+  history: List[Dict[str, float]]  # one row per epoch of both phases, with "phase" and "epoch"
+  summary: Dict  # what happened, for people and the report
+
+
+def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: HParams,
+          feature_cache_dir: str, run_dir: str) -> TrainingRun:
+  keras.utils.set_random_seed(hp.seed)
+  strategy = mirrored_strategy(hp.cpu_replicas)
+  replicas = strategy.num_replicas_in_sync
+  global_batch = hp.batch_size * replicas  # each replica keeps its batch size
+  with strategy.scope():
+    base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
+    base.trainable = False
+    head = build_head(base.output_shape[-1], num_classes, hp)
+  image_size = base.input_shape[1]
+  train_images = data.decoded_images(train_files, image_size)
+  eval_images = data.decoded_images(eval_files, image_size)
+  eval_batches = data.batches(eval_images, global_batch, training=False)
+
+  def train_batches():
+    return data.batches(train_images, global_batch, training=True,
+                        augmentations=hp.augmentations, seed=hp.seed)
+
+  def callbacks(phase):
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
+                                          restore_best_weights=True),
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", phase))]
+
+  # Phase 1: feature extraction.
+  started = time.time()
+  if hp.fast_feature_extraction:
+    # The frozen base gives the same features every epoch: compute them once.
+    cache = lambda files: feature_cache.cache_path(feature_cache_dir, files, hp.backbone,
+                                                   hp.weights, image_size)
+    train_x, train_y = feature_cache.pooled_features(base, train_images, cache(train_files),
+                                                     global_batch)
+    eval_x, eval_y = feature_cache.pooled_features(base, eval_images, cache(eval_files),
+                                                   global_batch)
+    with strategy.scope():
+      compile_for_training(head, hp.learning_rate)
+    frozen = head.fit(train_x, train_y, batch_size=global_batch, epochs=hp.epochs,
+                      validation_data=(eval_x, eval_y), callbacks=callbacks(FROZEN), verbose=2)
+    with strategy.scope():
+      classifier = build_classifier(base, head)
+  else:
+    with strategy.scope():
+      classifier = build_classifier(base, head)
+      compile_for_training(classifier, hp.learning_rate)
+    frozen = classifier.fit(train_batches(), validation_data=eval_batches, epochs=hp.epochs,
+                            callbacks=callbacks(FROZEN), verbose=2)
+  history = _rows(frozen, FROZEN, first_epoch=0)
+  summary = {"replicas": replicas, "global_batch_size": global_batch,
+             "image_size": image_size, "hparams": dataclasses.asdict(hp),
+             "frozen": {"epochs": len(history), "seconds": round(time.time() - started, 1),
+                        "best_val_loss": min(frozen.history["val_loss"]),
+                        "fast_feature_extraction": hp.fast_feature_extraction}}
+
+  # Phase 2: fine-tuning the top blocks, BatchNormalization statistics untouched.
+  if hp.fine_tune_blocks:
+    started = time.time()
+    frozen_weights = classifier.get_weights()
+    with strategy.scope():
+      unfrozen = registry.unfreeze_top_blocks(base, hp.fine_tune_blocks)
+      compile_for_training(classifier, hp.phase2_learning_rate)
+    fine = classifier.fit(train_batches(), validation_data=eval_batches,
+                          initial_epoch=len(history), epochs=len(history) + hp.fine_tune_epochs,
+                          callbacks=callbacks(FINE_TUNE), verbose=2)
+    best = min(fine.history["val_loss"])
+    kept = best < summary["frozen"]["best_val_loss"]
+    if not kept:  # fine-tuning made eval loss worse: ship the feature-extraction model
+      classifier.set_weights(frozen_weights)
+    history += _rows(fine, FINE_TUNE, first_epoch=len(history))
+    summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
+                            "epochs": len(fine.history["loss"]), "best_val_loss": best,
+                            "kept": kept, "seconds": round(time.time() - started, 1)}
+  return TrainingRun(classifier, image_size, history, summary)
+
+
+def _rows(fit_history, phase, first_epoch):
+  metrics = fit_history.history
+  return [{"phase": phase, "epoch": first_epoch + i + 1,
+           **{name: float(values[i]) for name, values in metrics.items()}}
+          for i in range(len(metrics["loss"]))]
