@@ -54,6 +54,13 @@ def _given_hparams(args):
           if key.startswith("hp_") and value is not None}
 
 
+def _given_search_space(args):
+  names = {"max_trials": "head_trials", "depth_trials": "depth_trials",
+           "tune_seconds": "seconds"}
+  return {field: getattr(args, flag) for flag, field in names.items()
+          if getattr(args, flag, None) is not None}
+
+
 def pipeline_name(args) -> str:
   """Kubeflow needs [a-z0-9][a-z0-9-]*; the same name everywhere keeps caches shared."""
   raw = args.name or os.path.basename(os.path.normpath(args.data.replace(":", "-"))) or "images"
@@ -72,7 +79,8 @@ def _config(args, stages):
       num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
       hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
       accuracy_threshold=getattr(args, "accuracy_threshold", 0.6),
-      max_accuracy_drop=getattr(args, "max_accuracy_drop", 0.01))
+      max_accuracy_drop=getattr(args, "max_accuracy_drop", 0.01),
+      tune=getattr(args, "tune", False), search_space=_given_search_space(args))
 
 
 def _run_pipeline(args, stages):
@@ -112,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
   run = commands.add_parser("run", help="run the whole pipeline locally")
   _add_data_arguments(run)
   _add_training_arguments(run)
+  tune = run.add_argument_group("tuning (KerasTuner; ranges in tuning/search.py)")
+  tune.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
+                    help="search head and fine-tune depth before training (--no-tune skips it)")
+  tune.add_argument("--max-trials", type=int, help="head trials on cached features")
+  tune.add_argument("--depth-trials", type=int, help="fine-tune depth trials")
+  tune.add_argument("--tune-seconds", type=float, help="time budget of the search")
   run.add_argument("--accuracy-threshold", type=float, default=0.6,
                    help="the Evaluator blesses (and the Pusher ships) only models at least this "
                         "accurate on the eval split")

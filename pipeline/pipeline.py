@@ -15,10 +15,12 @@ from tfx.types import standard_artifacts
 
 import components
 import trainer
+import tuning
 from components import features
 from components.atomic_pusher import executor as atomic_pusher
 from components.image_example_gen.component import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS,
                                                     ImageExampleGen)
+from tuning.component import Tuner as TransferTuner
 
 
 @dataclasses.dataclass
@@ -35,6 +37,8 @@ class PipelineConfig:
   stages: str = "all"  # "ingest" stops after data validation
   has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
   hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
+  tune: bool = True
+  search_space: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning.SearchSpace
   accuracy_threshold: float = 0.6  # the gate: a model below it is never pushed
   max_accuracy_drop: float = 0.01  # ... nor one this much worse than the last blessed model
   serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/
@@ -46,6 +50,7 @@ class PipelineConfig:
 
 TRAINER_MODULE = os.path.join(os.path.dirname(trainer.__file__), "tfx_module",
                               "trainer_module.py")
+TUNER_MODULE = os.path.join(os.path.dirname(tuning.__file__), "tfx_module", "tuner_module.py")
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -71,15 +76,21 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
 
 
 def _training_nodes(config, example_gen, schema_gen):
-  """Trainer, then the Evaluator's gate against the last blessed model, then the Pusher."""
+  """Tuner, Trainer, then the Evaluator's gate against the last blessed model, the Pusher."""
+  splits = dict(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+                train_args=tfx.proto.TrainArgs(splits=[features.TRAIN]),
+                eval_args=tfx.proto.EvalArgs(splits=[features.EVAL]))
+  shared_config = {"hparams": config.hparams, "feature_cache_dir": config.feature_cache_dir,
+                   "code_fingerprint": _code_fingerprint(trainer, tuning, components)}
+  nodes = []
+  if config.tune:
+    tuner = TransferTuner(module_file=TUNER_MODULE, **splits,
+                          custom_config={**shared_config, "search_space": config.search_space})
+    nodes.append(tuner)
   trainer_component = tfx.components.Trainer(
-      module_file=TRAINER_MODULE,
-      examples=example_gen.outputs["examples"],
-      schema=schema_gen.outputs["schema"],
-      train_args=tfx.proto.TrainArgs(splits=[features.TRAIN]),
-      eval_args=tfx.proto.EvalArgs(splits=[features.EVAL]),
-      custom_config={"hparams": config.hparams, "feature_cache_dir": config.feature_cache_dir,
-                     "code_fingerprint": _code_fingerprint(trainer, components)})
+      module_file=TRAINER_MODULE, **splits,
+      hyperparameters=tuner.outputs["best_hyperparameters"] if config.tune else None,
+      custom_config=shared_config)
   baseline = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=standard_artifacts.Model),
@@ -95,7 +106,7 @@ def _training_nodes(config, example_gen, schema_gen):
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)),
       custom_executor_spec=executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
-  nodes = [trainer_component, baseline, evaluator, pusher]
+  nodes += [trainer_component, baseline, evaluator, pusher]
   if config.has_test_split:
     # Reported on its own: the eval split also steered early stopping and tuning.
     nodes.append(tfx.components.Evaluator(
