@@ -8,7 +8,7 @@ setup(
     description=__doc__,
     python_requires=">=3.9,<3.11",  # TFX 1.16
     packages=find_packages(include=["components*", "pipeline*", "trainer*", "tuning*",
-                                    "serving*"]),
+                                    "serving*", "evaluation*"]),
     package_data={"": ["*.json", "*.txt"]},
     # Pinned versions live in requirements.lock (see the Makefile); these are the direct needs.
     install_requires=[

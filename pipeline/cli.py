@@ -22,9 +22,9 @@ def _add_data_arguments(parser):
   parser.add_argument("--output", default=DEFAULT_OUTPUT,
                       help="folder for artifacts, metadata, served models and the report")
   parser.add_argument("--name", help="pipeline name (default: from the data folder)")
-  parser.add_argument("--eval-percent", type=int, default=20,
+  parser.add_argument("--eval-percent", type=int, default=sources.DEFAULT_EVAL_PERCENT,
                       help="share of the training images held out for evaluation, by hash")
-  parser.add_argument("--max-pixels", type=int, default=50_000_000,
+  parser.add_argument("--max-pixels", type=int, default=sources.DEFAULT_MAX_PIXELS,
                       help="images with more pixels are skipped as decompression bombs")
   parser.add_argument("--tfds-data-dir", help="TensorFlow Datasets data dir for tfds:<name>")
   parser.add_argument("--beam-args", default="",
@@ -104,7 +104,10 @@ def cmd_ingest(args):
 
 
 def cmd_run(args):
-  _run_pipeline(args, "all")
+  from evaluation.report import write_report
+
+  artifacts = _run_pipeline(args, "all")
+  print(f"report: {write_report(os.path.join(args.output, 'report'), artifacts)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="... and no more than this below the last blessed model")
   run.set_defaults(func=cmd_run)
+  _add_stage_command(commands, "evaluate", "evaluation.cli",
+                     "evaluate an exported model on a labelled image folder (JSON)")
   return parser
+
+
+def _add_stage_command(commands, name, module_name, help_text):
+  """A command whose flags and work live in a stage's module (add_arguments / main)."""
+  import importlib
+
+  module = importlib.import_module(module_name)
+  parser = commands.add_parser(name, help=help_text)
+  module.add_arguments(parser)
+  parser.set_defaults(func=module.main)
 
 
 def main(argv=None):

@@ -18,8 +18,8 @@ import trainer
 import tuning
 from components import features
 from components.atomic_pusher import executor as atomic_pusher
-from components.image_example_gen.component import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS,
-                                                    ImageExampleGen)
+from components.image_example_gen.component import ImageExampleGen
+from components.image_example_gen.sources import DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS
 from tuning.component import Tuner as TransferTuner
 
 

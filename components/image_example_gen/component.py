@@ -11,9 +11,7 @@ from tfx.proto import example_gen_pb2
 
 from components import features
 from components.image_example_gen import executor, sources
-
-DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos
-DEFAULT_EVAL_PERCENT = 20
+from components.image_example_gen.sources import DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS
 
 
 def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disable=invalid-name

@@ -20,6 +20,8 @@ from typing import List, Optional, Tuple
 from components import features
 
 TFDS_PREFIX = "tfds:"
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos
+DEFAULT_EVAL_PERCENT = 20
 FILENAME_COLUMNS = ("filename", "file", "image", "id")
 LABEL_COLUMNS = ("label", "class", "category")
 

@@ -1,0 +1,20 @@
+"""`headswap evaluate` flags; the work is in folder_eval.py, imported only when it runs."""
+
+import json
+
+from components.image_example_gen.sources import DEFAULT_MAX_PIXELS
+
+
+def add_arguments(parser):
+  parser.add_argument("--model", required=True,
+                      help="a SavedModel, or a serving folder of numbered versions (newest used)")
+  parser.add_argument("--data", required=True, help="labelled image folder (any ingest layout)")
+  parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+  parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+
+
+def main(args):
+  from evaluation.folder_eval import evaluate_folder
+
+  print(json.dumps(evaluate_folder(args.model, args.data, args.labels, args.max_pixels),
+                   indent=2))

@@ -1,0 +1,211 @@
+"""OUTPUT/report/index.html: what the run did and how good the model is, without a server.
+
+Sections: the data (ingest report), the tuning summary, learning curves with the
+fine-tuning marker, the per-class table and confusion matrix on the held-out split, the
+most confidently wrong held-out images, the training images whose given label the model
+most disagrees with (suspected mislabels), and the gate's verdict with its reasons.
+"""
+
+import html
+import io
+import json
+import os
+import shutil
+from typing import Any, Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
+from PIL import Image  # pylint: disable=wrong-import-position
+
+from components import features  # pylint: disable=wrong-import-position
+from evaluation.metrics import classification_report  # pylint: disable=wrong-import-position
+from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
+
+GRID_SIZE = 16
+THUMBNAIL = 128
+
+
+def read_split(examples_uri: str, split: str) -> Dict[str, list]:
+  """Encoded images, labels and file names of one split of an Examples artifact."""
+  files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+  spec = {features.IMAGE: tf.io.FixedLenFeature([], tf.string),
+          features.LABEL: tf.io.FixedLenFeature([], tf.int64),
+          features.FILENAME: tf.io.FixedLenFeature([], tf.string)}
+  columns = {key: [] for key in spec}
+  for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+    parsed = tf.io.parse_single_example(record, spec)
+    for key in spec:
+      columns[key].append(parsed[key].numpy())
+  return columns
+
+
+def write_report(folder: str, artifacts: Dict[str, str]) -> str:
+  """Writes the report from the newest artifacts of a run; returns index.html's path."""
+  os.makedirs(folder, exist_ok=True)
+  examples = artifacts["ImageExampleGen.examples"]
+  ingest = _read_json(os.path.join(examples, features.REPORT_FILE))
+  sections = [("Data", _ingest_html(ingest))]
+  tuning = _read_text(os.path.join(artifacts.get("Tuner.tuner_results", ""),
+                                   "tuning_summary.txt"))
+  if tuning:
+    sections.append(("Tuning", f"<pre>{html.escape(tuning)}</pre>"))
+  model_run = artifacts.get("Trainer.model_run")
+  if model_run:
+    sections.append(("Training", _training_html(model_run, folder)))
+  model = artifacts.get("Trainer.model")
+  if model:
+    classifier = Classifier(os.path.join(model, "Format-Serving"))
+    held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
+    sections.append((f"Results on the {held_out} split",
+                     _held_out_html(classifier, examples, held_out, folder)))
+    sections.append(("Suspected mislabels in the training images",
+                     _mislabel_html(classifier, examples, folder)))
+  if "Evaluator.blessing" in artifacts:
+    sections.append(("Gate", _gate_html(artifacts)))
+  path = os.path.join(folder, "index.html")
+  with open(path, "w") as f:
+    f.write("<!doctype html><html><head><meta charset='utf-8'><title>headswap report</title>"
+            "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+            "</style></head><body><h1>headswap report</h1>")
+    for title, body in sections:
+      f.write(f"<h2>{html.escape(title)}</h2>{body}")
+    f.write("</body></html>")
+  return path
+
+
+def _ingest_html(ingest):
+  rows = "".join(
+      f"<tr><td>{html.escape(split)}</td>" + "".join(f"<td>{count}</td>" for count in
+                                                     per_class.values()) + "</tr>"
+      for split, per_class in sorted(ingest["counts"].items()))
+  header = "".join(f"<th>{html.escape(name)}</th>" for name in ingest["class_names"])
+  skipped = "".join(f"<li>{html.escape(item['file'])}: {html.escape(item['reason'])}</li>"
+                    for item in ingest["skipped"])
+  return (f"<p>{ingest['examples']} examples, {len(ingest['class_names'])} classes, "
+          f"{len(ingest['skipped'])} files skipped, "
+          f"{len(ingest['duplicates_across_splits'])} exact duplicates across splits.</p>"
+          f"<table><tr><th>split</th>{header}</tr>{rows}</table>"
+          + (f"<details><summary>skipped files</summary><ul>{skipped}</ul></details>"
+             if skipped else ""))
+
+
+def _training_html(model_run, folder):
+  from trainer.task import CURVES_FILE, SUMMARY_FILE  # pylint: disable=import-outside-toplevel
+  parts = []
+  curves = os.path.join(model_run, CURVES_FILE)
+  if tf.io.gfile.exists(curves):
+    shutil.copyfile(curves, os.path.join(folder, CURVES_FILE))
+    parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
+  summary = _read_json(os.path.join(model_run, SUMMARY_FILE))
+  if summary:
+    parts.append(f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
+  return "".join(parts)
+
+
+def _held_out_html(classifier, examples, split, folder):
+  columns = read_split(examples, split)
+  probabilities = classifier.probabilities(columns[features.IMAGE])
+  labels = np.array(columns[features.LABEL], dtype=int)
+  predicted = probabilities.argmax(axis=-1)
+  report = classification_report(labels, predicted, classifier.class_names)
+  _confusion_png(report, os.path.join(folder, "confusion_matrix.png"))
+  rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{m['precision']:.3f}</td>"
+                 f"<td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
+                 for name, m in report["per_class"].items())
+  wrong = np.flatnonzero(predicted != labels)
+  wrong = wrong[np.argsort(-probabilities[wrong].max(axis=-1))][:GRID_SIZE]
+  captions = [f"{columns[features.FILENAME][i].decode()}\ntrue {classifier.class_names[labels[i]]}"
+              f"\npredicted {classifier.class_names[predicted[i]]} "
+              f"{probabilities[i].max():.2f}" for i in wrong]
+  grid = _grid_png([columns[features.IMAGE][i] for i in wrong], captions,
+                   os.path.join(folder, "confidently_wrong.png"))
+  return (f"<p>accuracy {report['accuracy']:.4f} on {report['images']} images</p>"
+          "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
+          f"<th>support</th></tr>{rows}</table>"
+          "<h3>Confusion matrix</h3><img src='confusion_matrix.png' alt='confusion matrix'>"
+          "<h3>Most confidently wrong</h3>"
+          + ("<img src='confidently_wrong.png' alt='wrong predictions'>" if grid
+             else "<p>No wrong predictions.</p>"))
+
+
+def _mislabel_html(classifier, examples, folder):
+  columns = read_split(examples, features.TRAIN)
+  probabilities = classifier.probabilities(columns[features.IMAGE])
+  labels = np.array(columns[features.LABEL], dtype=int)
+  given = probabilities[np.arange(len(labels)), labels]
+  suspects = [i for i in np.argsort(given)[:GRID_SIZE] if given[i] < 0.5]
+  captions = [f"{columns[features.FILENAME][i].decode()}\nlabelled "
+              f"{classifier.class_names[labels[i]]} (p {given[i]:.2f})\nmodel says "
+              f"{classifier.class_names[probabilities[i].argmax()]}" for i in suspects]
+  if not _grid_png([columns[features.IMAGE][i] for i in suspects], captions,
+                   os.path.join(folder, "suspected_mislabels.png")):
+    return "<p>The model agrees with every training label (p ≥ 0.5).</p>"
+  return ("<p>Training images whose given label the trained model finds least likely: check "
+          "them for labelling mistakes.</p><img src='suspected_mislabels.png' "
+          "alt='suspected mislabels'>")
+
+
+def _gate_html(artifacts):
+  import tensorflow_model_analysis as tfma  # pylint: disable=import-outside-toplevel
+  blessed = tf.io.gfile.exists(os.path.join(artifacts["Evaluator.blessing"], "BLESSED"))
+  result = tfma.load_validation_result(artifacts["Evaluator.evaluation"])
+  reasons = [f"{failure.metric_key.name}: {failure.metric_value} ({failure.message})"
+             for failing in result.metric_validations_per_slice
+             for failure in failing.failures]
+  verdict = "BLESSED and pushed" if blessed else "NOT blessed: not pushed"
+  items = "".join(f"<li>{html.escape(reason)}</li>" for reason in reasons)
+  return f"<p><b>{verdict}</b></p>" + (f"<ul>{items}</ul>" if items else
+                                       "<p>Every threshold was met.</p>")
+
+
+def _confusion_png(report, path):
+  matrix = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
+  names = report["confusion_matrix"]["labels"]
+  figure, axis = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2))
+  axis.imshow(matrix, cmap="Blues")
+  axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+  axis.set_yticks(range(len(names)), names)
+  axis.set_xlabel("predicted")
+  axis.set_ylabel("true")
+  for (row, column), value in np.ndenumerate(matrix):
+    axis.text(column, row, str(value), ha="center", va="center",
+              color="white" if value > matrix.max() / 2 else "black")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Optional[str]:
+  if not encoded_images:
+    return None
+  columns = 4
+  rows = (len(encoded_images) + columns - 1) // columns
+  figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+  for axis in axes.flat:
+    axis.axis("off")
+  for axis, encoded, caption in zip(axes.flat, encoded_images, captions):
+    image = Image.open(io.BytesIO(encoded)).convert("RGB")
+    image.thumbnail((THUMBNAIL * 2, THUMBNAIL * 2))
+    axis.imshow(image)
+    axis.set_title(caption, fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  plt.close(figure)
+  return path
+
+
+def _read_json(path) -> Optional[Any]:
+  text = _read_text(path)
+  return json.loads(text) if text else None
+
+
+def _read_text(path) -> Optional[str]:
+  if not path or not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return f.read()
