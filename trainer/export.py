@@ -47,7 +47,7 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
                        input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
   archive.add_endpoint(EXAMPLES_SIGNATURE, from_examples,
                        input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
-  archive.write_out(path)
+  archive.write_out(path, verbose=False)
   extra = os.path.join(path, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:

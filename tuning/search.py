@@ -167,12 +167,8 @@ def _trial_rows(tuner) -> List[Dict[str, Any]]:
   for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
     rows.append({"trial": trial.trial_id, "status": trial.status, "score": trial.score,
                  "hyperparameters": trial.hyperparameters.values,
-                 "seconds": _trial_seconds(tuner, trial)})
+                 "seconds": tuner.trial_seconds.get(trial.trial_id)})
   return rows
-
-
-def _trial_seconds(tuner, trial) -> Optional[float]:
-  return tuner._trial_seconds.get(trial.trial_id)  # pylint: disable=protected-access
 
 
 def summary_table(summary: Dict[str, Any]) -> str:
