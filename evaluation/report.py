@@ -183,9 +183,10 @@ def _confusion_png(report, path):
 def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Optional[str]:
   if not encoded_images:
     return None
-  columns = 4
+  columns = min(4, len(encoded_images))
   rows = (len(encoded_images) + columns - 1) // columns
-  figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+  figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.8 * rows), squeeze=False,
+                              layout="constrained")
   for axis in axes.flat:
     axis.axis("off")
   for axis, encoded, caption in zip(axes.flat, encoded_images, captions):
@@ -193,7 +194,6 @@ def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Op
     image.thumbnail((THUMBNAIL * 2, THUMBNAIL * 2))
     axis.imshow(image)
     axis.set_title(caption, fontsize=8)
-  figure.tight_layout()
   figure.savefig(path, dpi=80)
   plt.close(figure)
   return path

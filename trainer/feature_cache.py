@@ -29,12 +29,13 @@ def cache_path(cache_dir: str, file_patterns: List[str], backbone: str, weights:
 
 
 def pooled_features(base: keras.Model, images: tf.data.Dataset, path: str,
-                    batch_size: int = 32) -> Tuple[np.ndarray, np.ndarray]:
-  """(features [N, D], labels [N]) of `images` (decoded, see data.py), cached at `path`."""
+                    batch_size: int = 32) -> Tuple[np.ndarray, np.ndarray, bool]:
+  """(features [N, D], labels [N], computed now?) of `images` (decoded, see data.py),
+  read from or written to the cache file `path`."""
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path, "rb") as f:
       cached = np.load(io.BytesIO(f.read()))
-      return cached["features"], cached["labels"]
+      return cached["features"], cached["labels"], False
   log.info("computing pooled features once, into %s", path)
   extract = tf.function(lambda pixels: base(pixels, training=False))
   feature_batches, label_batches = [], []
@@ -50,4 +51,4 @@ def pooled_features(base: keras.Model, images: tf.data.Dataset, path: str,
   with tf.io.gfile.GFile(temporary, "wb") as f:
     f.write(buffer.getvalue())
   tf.io.gfile.rename(temporary, path, overwrite=True)  # readers never see a half-written file
-  return features, labels
+  return features, labels, True

@@ -57,10 +57,11 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     # The frozen base gives the same features every epoch: compute them once.
     cache = lambda files: feature_cache.cache_path(feature_cache_dir, files, hp.backbone,
                                                    hp.weights, image_size)
-    train_x, train_y = feature_cache.pooled_features(base, train_images, cache(train_files),
-                                                     global_batch)
-    eval_x, eval_y = feature_cache.pooled_features(base, eval_images, cache(eval_files),
-                                                   global_batch)
+    train_x, train_y, train_computed = feature_cache.pooled_features(
+        base, train_images, cache(train_files), global_batch)
+    eval_x, eval_y, eval_computed = feature_cache.pooled_features(
+        base, eval_images, cache(eval_files), global_batch)
+    computed = int(train_computed) + int(eval_computed)
     with strategy.scope():
       compile_for_training(head, hp.learning_rate)
     frozen = head.fit(train_x, train_y, batch_size=global_batch, epochs=hp.epochs,
@@ -73,12 +74,14 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       compile_for_training(classifier, hp.learning_rate)
     frozen = classifier.fit(train_batches(), validation_data=eval_batches, epochs=hp.epochs,
                             callbacks=callbacks(FROZEN), verbose=2)
+    computed = 0
   history = _rows(frozen, FROZEN, first_epoch=0)
   summary = {"replicas": replicas, "global_batch_size": global_batch,
              "image_size": image_size, "hparams": dataclasses.asdict(hp),
              "frozen": {"epochs": len(history), "seconds": round(time.time() - started, 1),
                         "best_val_loss": min(frozen.history["val_loss"]),
-                        "fast_feature_extraction": hp.fast_feature_extraction}}
+                        "fast_feature_extraction": hp.fast_feature_extraction,
+                        "feature_files_computed": computed}}
 
   # Phase 2: fine-tuning the top blocks, BatchNormalization statistics untouched.
   if hp.fine_tune_blocks:

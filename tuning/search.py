@@ -101,8 +101,7 @@ class TransferTuner(_Budgeted, keras_tuner.RandomSearch):
     paths = [feature_cache.cache_path(self._feature_cache_dir, files, hp.backbone, hp.weights,
                                       image_size)
              for files in (self._train_files, self._eval_files)]
-    computed = sum(not tf.io.gfile.exists(path) for path in paths)
-    (train_x, train_y), (eval_x, eval_y) = [
+    (train_x, train_y, train_computed), (eval_x, eval_y, eval_computed) = [
         feature_cache.pooled_features(base, images, path, hp.batch_size)
         for images, path in zip((self._train_images, self._eval_images), paths)]
 
@@ -118,7 +117,7 @@ class TransferTuner(_Budgeted, keras_tuner.RandomSearch):
     self._head_values = best_trial.hyperparameters.values
     self._head_score = best_trial.score
     self._stages["heads"] = {"trials": _trial_rows(head_tuner),
-                             "feature_files_computed": computed,
+                             "feature_files_computed": train_computed + eval_computed,
                              "seconds": round(time.time() - started, 1)}
 
     depth_started = time.time()
