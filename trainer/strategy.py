@@ -1,6 +1,8 @@
 """Which tf.distribute strategy the Trainer builds and trains under."""
 
+import json
 import logging
+import os
 
 import tensorflow as tf
 
@@ -16,6 +18,19 @@ def configure_cpu_devices(count: int) -> None:
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+
+
+def worker_count() -> int:
+  """How many workers TF_CONFIG names (Vertex and Kubeflow set it for multi-worker jobs)."""
+  cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+  return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def distribution_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
+  """MultiWorkerMirroredStrategy across the workers of TF_CONFIG, else MirroredStrategy."""
+  if worker_count() > 1:
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return mirrored_strategy(cpu_replicas)
 
 
 def mirrored_strategy(cpu_replicas: int = 1) -> tf.distribute.MirroredStrategy:

@@ -13,7 +13,7 @@ from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
 from trainer.model import build_classifier, build_head, compile_for_training
-from trainer.strategy import mirrored_strategy
+from trainer.strategy import distribution_strategy, worker_count
 
 log = logging.getLogger("headswap")
 FROZEN, FINE_TUNE = "frozen", "fine_tune"
@@ -30,7 +30,7 @@ class TrainingRun:
 def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: HParams,
           feature_cache_dir: str, run_dir: str) -> TrainingRun:
   keras.utils.set_random_seed(hp.seed)
-  strategy = mirrored_strategy(hp.cpu_replicas)
+  strategy = distribution_strategy(hp.cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   global_batch = hp.batch_size * replicas  # each replica keeps its batch size
   with strategy.scope():
@@ -47,9 +47,12 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                         augmentations=hp.augmentations, seed=hp.seed)
 
   def callbacks(phase):
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
-                                          restore_best_weights=True),
-            keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", phase))]
+    chosen = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
+                                            restore_best_weights=True),
+              keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", phase))]
+    if worker_count() > 1:  # a restarted worker resumes from the last epoch, not from zero
+      chosen.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup", phase)))
+    return chosen
 
   # Phase 1: feature extraction.
   started = time.time()
