@@ -5,12 +5,15 @@ import json
 from components.image_example_gen.sources import DEFAULT_MAX_PIXELS
 
 
-def add_arguments(parser):
+def register(commands):
+  parser = commands.add_parser(
+      "evaluate", help="evaluate an exported model on a labelled image folder (JSON)")
   parser.add_argument("--model", required=True,
                       help="a SavedModel, or a serving folder of numbered versions (newest used)")
   parser.add_argument("--data", required=True, help="labelled image folder (any ingest layout)")
   parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
   parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+  parser.set_defaults(func=main)
 
 
 def main(args):

@@ -10,6 +10,8 @@ import re
 import sys
 
 from components.image_example_gen import sources
+from evaluation import cli as evaluation_cli
+from trainer.backbones import cli as backbones_cli
 
 DEFAULT_OUTPUT = "output"
 
@@ -135,19 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="... and no more than this below the last blessed model")
   run.set_defaults(func=cmd_run)
-  _add_stage_command(commands, "evaluate", "evaluation.cli",
-                     "evaluate an exported model on a labelled image folder (JSON)")
+  # The other commands live with their stage; each module registers its own flags.
+  evaluation_cli.register(commands)
+  backbones_cli.register(commands)
   return parser
-
-
-def _add_stage_command(commands, name, module_name, help_text):
-  """A command whose flags and work live in a stage's module (add_arguments / main)."""
-  import importlib
-
-  module = importlib.import_module(module_name)
-  parser = commands.add_parser(name, help=help_text)
-  module.add_arguments(parser)
-  parser.set_defaults(func=module.main)
 
 
 def main(argv=None):
