@@ -5,8 +5,10 @@ DATA ?= ../shared/datasets/cats_vs_dogs
 OUTPUT ?= output
 ARGS ?=
 VENV := .venv
-# TFX 1.16 needs Python 3.9-3.10: take python3.10 from PATH, else from pyenv.
-PYTHON310 ?= $(shell command -v python3.10 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | tail -n 1)
+# TFX 1.16 needs Python 3.9-3.10: the first python3.10 that runs (PATH, then pyenv's versions;
+# pyenv's shim exists even when 3.10 is not selected, so each candidate is tried).
+PYTHON310 ?= $(shell for p in python3.10 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10; do \
+	$$p -c '' 2>/dev/null && { echo $$p; break; }; done)
 
 .PHONY: run test lock
 
