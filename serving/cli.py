@@ -1,0 +1,119 @@
+"""`headswap serve` and `headswap predict` flags. TensorFlow and FastAPI are imported only when
+a command runs, so `headswap --help` stays instant."""
+
+import argparse
+import ipaddress
+import sys
+
+from serving.config import ServerConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8501  # TF Serving's REST port
+
+
+def register(commands) -> None:
+  serve = commands.add_parser("serve", help="serve pushed models over TF Serving's REST API")
+  add_serve_arguments(serve)
+  serve.set_defaults(func=serve_main)
+  predict = commands.add_parser("predict", help="top-k classes of images, from a SavedModel "
+                                                "or a running server")
+  add_predict_arguments(predict)
+  predict.set_defaults(func=predict_main)
+
+
+def _positive(kind):
+  def parse(text: str):
+    value = kind(text)
+    if value <= 0:
+      raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+  return parse
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--model-base-path", required=True,
+                      help="folder of numbered SavedModel versions, e.g. OUTPUT/serving/<name>; "
+                           "the newest is served and newer pushes replace it without a restart")
+  parser.add_argument("--model-name", default="",
+                      help="the name in /v1/models/<name> (default: the base path's last folder)")
+  parser.add_argument("--host", default=DEFAULT_HOST,
+                      help="address to listen on; other than loopback needs --allow-remote")
+  parser.add_argument("--allow-remote", action="store_true",
+                      help="allow a non-loopback --host: anyone who can reach it can use the "
+                           "server, which has no authentication")
+  parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+  parser.add_argument("--max-batch-size", type=_positive(int),
+                      default=ServerConfig.max_batch_size,
+                      help="most images in one model call, from all concurrent requests")
+  parser.add_argument("--batch-timeout-ms", type=float, default=ServerConfig.batch_timeout_ms,
+                      help="how long an idle model waits for more images before a call")
+  parser.add_argument("--max-instances", type=_positive(int), default=ServerConfig.max_instances,
+                      help="most images in one request")
+  parser.add_argument("--max-body-bytes", type=_positive(int),
+                      default=ServerConfig.max_body_bytes, help="largest request body")
+  parser.add_argument("--max-pixels", type=_positive(int), default=ServerConfig.max_pixels,
+                      help="largest image, in pixels (all frames of a GIF): decompression bomb "
+                           "guard")
+  parser.add_argument("--poll-seconds", type=_positive(float), default=ServerConfig.poll_seconds,
+                      help="how often to look for a newly pushed version")
+
+
+def serve_main(args: argparse.Namespace) -> None:
+  if not (is_loopback(args.host) or args.allow_remote):
+    sys.exit(f"headswap serve: --host {args.host} is not a loopback address, so other machines "
+             "could call this server, which has no authentication. Add --allow-remote if "
+             "that is intended.")
+  from serving import server  # pylint: disable=import-outside-toplevel
+
+  config = ServerConfig(
+      model_base_path=args.model_base_path, model_name=args.model_name,
+      max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+      max_instances=args.max_instances, max_body_bytes=args.max_body_bytes,
+      max_pixels=args.max_pixels, poll_seconds=args.poll_seconds)
+  try:
+    server.run(config, args.host, args.port)
+  except server.NoModelError as error:
+    sys.exit(f"headswap serve: {error}")
+
+
+def is_loopback(host: str) -> bool:
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:  # any other host name may resolve anywhere
+    return False
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("images", nargs="+", metavar="IMG", help="image files to classify")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--model", help="a SavedModel, or a folder of numbered versions (the "
+                                      "newest is used), loaded in this process")
+  source.add_argument("--server", metavar="URL",
+                      help="the model's URL on a running `headswap serve` or TF Serving, as "
+                           f"`headswap serve` prints it: http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+                           "/v1/models/<name> (or the server's URL and --model-name)")
+  parser.add_argument("--model-name", help="with --server: the served model's name, the last "
+                                           "folder of the server's --model-base-path")
+  parser.add_argument("--top-k", type=_positive(int), default=3,
+                      help="classes to show per image")
+
+
+def predict_main(args: argparse.Namespace) -> None:
+  """Exits with status 1 if any image could not be classified."""
+  from serving import client  # pylint: disable=import-outside-toplevel
+
+  if args.server:
+    try:
+      server_url, model_name = client.split_model_url(args.server, args.model_name)
+      results = client.predict_remote(server_url, model_name, args.images)
+    except client.ServerError as error:
+      sys.exit(f"headswap predict: {error}")
+  else:
+    try:
+      results = client.predict_local(args.model, args.images)
+    except (OSError, ValueError) as error:
+      sys.exit(f"headswap predict: cannot load {args.model}: {error}")
+  if client.print_top_k(results, args.top_k):
+    sys.exit(1)

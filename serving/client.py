@@ -1,0 +1,140 @@
+"""`headswap predict`: the top classes of each image, from a SavedModel loaded in process or
+from a server over TF Serving's REST API."""
+
+import base64
+import dataclasses
+import re
+from typing import List, Optional, Sequence, Tuple
+
+import httpx
+
+from serving.config import ServerConfig
+from serving.errors import RequestError
+from serving.images import check_image
+
+MODEL_URL = re.compile(r"(?P<server>.+?)/v1/models/(?P<name>[^/:]+)/?")
+
+
+@dataclasses.dataclass
+class ImageResult:
+  path: str
+  probabilities: Optional[List[float]] = None
+  class_names: Sequence[str] = ()
+  error: Optional[str] = None
+
+  def top(self, k: int):
+    """[(class name, probability)] of the k most probable classes."""
+    ranked = sorted(enumerate(self.probabilities), key=lambda pair: -pair[1])[:k]
+    return [(self.class_names[i] if i < len(self.class_names) else f"class {i}", p)
+            for i, p in ranked]
+
+
+class ServerError(Exception):
+  """No answers can come from the server: it is unreachable, or the model is unknown."""
+
+
+def split_model_url(url: str, model_name: Optional[str] = None) -> Tuple[str, str]:
+  """(server URL, model name) from a model's URL, http://host:port/v1/models/<name>, or from
+  a server's URL and model_name."""
+  match = MODEL_URL.fullmatch(url)
+  if match and model_name and model_name != match["name"]:
+    raise ServerError(f"{url} is the URL of model {match['name']!r}, not {model_name!r}")
+  if match:
+    return match["server"], match["name"]
+  if not model_name:
+    raise ServerError(f"{url} names no model: give the model's URL, as `headswap serve` "
+                      "prints it (http://host:port/v1/models/<name>), or --model-name")
+  return url.rstrip("/"), model_name
+
+
+def predict_local(model_path: str, image_paths: Sequence[str],
+                  max_pixels: int = ServerConfig.max_pixels,
+                  batch_size: int = ServerConfig.max_batch_size) -> List[ImageResult]:
+  """`model_path` is a SavedModel or a base path of numbered versions (the newest is used)."""
+  from serving import models  # TensorFlow: only for this mode
+
+  model = models.LoadedModel(models.resolve_saved_model(model_path))
+  results, readable = [], []
+  for path in image_paths:
+    result = ImageResult(path, class_names=model.class_names)
+    results.append(result)
+    try:
+      data = _read(path)
+      check_image(data, max_pixels)
+      readable.append((result, data))
+    except (OSError, RequestError) as error:
+      result.error = str(error)
+  for start in range(0, len(readable), batch_size):
+    chunk = readable[start:start + batch_size]
+    for (result, _), outcome in zip(chunk, model.predict([data for _, data in chunk])):
+      if isinstance(outcome, RequestError):
+        result.error = str(outcome)
+      else:
+        result.probabilities = outcome.probabilities
+  return results
+
+
+def predict_remote(server_url: str, model_name: str, image_paths: Sequence[str],
+                   timeout_s: float = 60.0) -> List[ImageResult]:
+  """One request per image, so a bad image fails alone (a request fails as a whole)."""
+  try:
+    with httpx.Client(base_url=server_url.rstrip("/"), timeout=timeout_s) as http:
+      return _predict_each(http, model_name, image_paths)
+  except httpx.HTTPError as error:
+    raise ServerError(f"{server_url}: {error}") from error
+
+
+def _predict_each(http: httpx.Client, model_name: str,
+                  image_paths: Sequence[str]) -> List[ImageResult]:
+  metadata = _answer(http.get(f"/v1/models/{model_name}/metadata"))
+  # Our server names the classes; TF Serving itself has no such metadata.
+  class_names = metadata["metadata"].get("headswap", {}).get("class_names", ())
+  results = []
+  for path in image_paths:
+    result = ImageResult(path, class_names=class_names)
+    results.append(result)
+    try:
+      body = {"instances": [{"b64": base64.b64encode(_read(path)).decode()}]}
+    except OSError as error:
+      result.error = str(error)
+      continue
+    response = http.post(f"/v1/models/{model_name}:predict", json=body)
+    if response.status_code == 200:
+      result.probabilities = response.json()["predictions"][0]["probabilities"]
+    else:
+      result.error = _error_message(response)
+  return results
+
+
+def print_top_k(results: Sequence[ImageResult], k: int) -> int:
+  """Prints each image's top k classes (or its error); returns how many images failed."""
+  width = max((len(name) for r in results for name in r.class_names), default=0)
+  for result in results:
+    print(result.path)
+    if result.error:
+      print(f"  error: {result.error}")
+      continue
+    for name, probability in result.top(k):
+      print(f"  {name:<{width}}  {probability:.4f}")
+  return sum(1 for result in results if result.error)
+
+
+def _read(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _answer(response: httpx.Response) -> dict:
+  if response.status_code != 200:
+    raise ServerError(f"{response.request.method} {response.request.url}: "
+                      f"{_error_message(response)}")
+  return response.json()
+
+
+def _error_message(response: httpx.Response) -> str:
+  """The status and TF Serving's {"error": ...}, or the raw body if something else answered."""
+  try:
+    message = response.json()["error"]
+  except (ValueError, KeyError, TypeError):
+    message = response.text[:200]
+  return f"HTTP {response.status_code}: {message}"

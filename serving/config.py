@@ -1,0 +1,20 @@
+"""Server settings, importable without TensorFlow or FastAPI (the CLI reads the defaults)."""
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass
+class ServerConfig:
+  model_base_path: str  # holds <version>/ SavedModel folders, as the Pusher writes them
+  model_name: str = ""  # in the URLs; default: the base path's last folder
+  max_batch_size: int = 8  # on 2 CPU cores, throughput peaks near 4 (bench/serve.py)
+  batch_timeout_ms: float = 2.0
+  max_instances: int = 64  # images per request
+  max_body_bytes: int = 32 * 1024 * 1024
+  max_pixels: int = 50_000_000  # per image, as at ingest: decompression bomb guard
+  poll_seconds: float = 1.0  # how often to look for a newly pushed version
+
+  @property
+  def name(self) -> str:
+    return self.model_name or os.path.basename(os.path.normpath(self.model_base_path))

@@ -1,0 +1,116 @@
+"""TF Serving's REST wire format, for the one input and three outputs of our signature.
+
+See https://www.tensorflow.org/tfx/serving/api_rest: a client of TF Serving works unchanged.
+"""
+
+import base64
+import binascii
+import dataclasses
+import json
+from typing import Dict, List, Optional, Sequence
+
+from serving.errors import RequestError, bad_request, too_large
+from serving.images import check_image
+from serving.models import LoadedModel, Prediction
+from trainer import export
+
+B64 = "b64"
+IMAGE_FORMAT = f'{{"{B64}": "<base64 image>"}}'
+
+
+@dataclasses.dataclass
+class PredictRequest:
+  images: List[bytes]
+  columnar: bool  # "inputs" in, "outputs" out; else "instances" in, "predictions" out
+
+
+def parse_predict_request(body: bytes, max_instances: int, max_pixels: int) -> PredictRequest:
+  """The images of a :predict body, each checked; raises RequestError naming the problem."""
+  try:
+    request = json.loads(body)
+  except (ValueError, RecursionError) as error:
+    raise bad_request(f"invalid JSON: {error}") from error
+  if not isinstance(request, dict):
+    raise bad_request('the request must be a JSON object with "instances" or "inputs"')
+  signature = request.get("signature_name") or export.SERVING_SIGNATURE
+  if signature != export.SERVING_SIGNATURE:
+    raise bad_request(f"signature_name {signature!r} not found: this server serves "
+                      f"{export.SERVING_SIGNATURE!r}")
+  if ("instances" in request) == ("inputs" in request):
+    raise bad_request('the request must have either "instances" (row format) or "inputs" '
+                      "(columnar format), not both or neither")
+  columnar = "inputs" in request
+  values = _column(request["inputs"]) if columnar else _rows(request["instances"])
+  if not values:
+    raise bad_request("the request has no images")
+  if len(values) > max_instances:
+    raise too_large(f"{len(values)} images in one request, over the limit of {max_instances} "
+                    "(--max-instances)")
+  images = []
+  for index, value in enumerate(values):
+    try:
+      image = _decode_b64(value)
+      check_image(image, max_pixels)
+    except RequestError as error:
+      raise error.for_image(index) from error
+    images.append(image)
+  return PredictRequest(images, columnar)
+
+
+def _rows(instances) -> list:
+  """[{"b64": ...}, ...] or [{"images": {"b64": ...}}, ...]."""
+  if not isinstance(instances, list):
+    raise bad_request(f'"instances" must be a list of {IMAGE_FORMAT}')
+  return [row[export.IMAGES_INPUT] if isinstance(row, dict) and export.IMAGES_INPUT in row
+          else row for row in instances]
+
+
+def _column(inputs) -> list:
+  """[{"b64": ...}, ...] or {"images": [{"b64": ...}, ...]}."""
+  if isinstance(inputs, dict) and set(inputs) == {export.IMAGES_INPUT}:
+    inputs = inputs[export.IMAGES_INPUT]
+  if not isinstance(inputs, list):
+    raise bad_request(f'"inputs" must be a list of {IMAGE_FORMAT} or '
+                      f'{{"{export.IMAGES_INPUT}": [...]}}')
+  return inputs
+
+
+def _decode_b64(value) -> bytes:
+  if not (isinstance(value, dict) and set(value) == {B64} and isinstance(value[B64], str)):
+    raise bad_request(f"expected {IMAGE_FORMAT}, got {json.dumps(value)[:80]}")
+  text = value[B64]
+  try:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)  # padding optional
+  except (binascii.Error, ValueError) as error:
+    raise bad_request(f"invalid base64: {error}") from error
+
+
+def predict_response(predictions: Sequence[Prediction], columnar: bool) -> Dict:
+  if columnar:
+    return {"outputs": {field.name: [getattr(p, field.name) for p in predictions]
+                        for field in dataclasses.fields(Prediction)}}
+  return {"predictions": [dataclasses.asdict(p) for p in predictions]}
+
+
+def status_response(served: LoadedModel, failed: Dict[int, str],
+                    version: Optional[int] = None) -> Dict:
+  """GetModelStatusResponse: the served version AVAILABLE, versions that failed to load END;
+  only `version`'s entry if given (the list is then empty if it is neither)."""
+  statuses = [_version_status(served.version, "AVAILABLE", "OK", "")]
+  statuses += [_version_status(number, "END", "UNKNOWN", message)
+               for number, message in sorted(failed.items(), reverse=True)]
+  return {"model_version_status": [status for status in statuses
+                                   if version is None or status["version"] == str(version)]}
+
+
+def _version_status(version: int, state: str, error_code: str, error_message: str) -> Dict:
+  return {"version": str(version), "state": state,
+          "status": {"error_code": error_code, "error_message": error_message}}
+
+
+def metadata_response(model_name: str, model: LoadedModel) -> Dict:
+  """GetModelMetadataResponse, plus our assets.extra metadata (class names, image size)."""
+  return {"model_spec": {"name": model_name, "signature_name": "",
+                         "version": str(model.version)},
+          "metadata": {"signature_def": {"signature_def": model.signature_defs},
+                       "headswap": model.metadata}}

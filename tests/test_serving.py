@@ -1,0 +1,309 @@
+"""The REST server on a real exported model, over real loopback HTTP (uvicorn in a thread)."""
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+import uvicorn
+
+from pipeline import cli
+from serving import cli as serving_cli, client
+from serving.config import ServerConfig
+from serving.server import create_app
+from tests.conftest import CLASS_COLOURS, encode, make_image
+from trainer import export
+from trainer.backbones import registry
+from trainer.hparams import HParams
+from trainer.model import build_classifier, build_head
+
+NAME = "pets"
+SIZE = 64
+CLASSES = sorted(CLASS_COLOURS)
+LIMITS = dict(max_instances=4, max_body_bytes=100_000, max_pixels=100 * 100)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """The Trainer's classifier on a random EfficientNet-Lite0 at 64 px (as in test_trainer.py),
+  exported once: every pushed version below is a copy of it."""
+  base = registry.build_base("efficientnet_lite0", None, SIZE)
+  classifier = build_classifier(base, build_head(base.output_shape[-1], len(CLASSES), HParams()))
+  return export.export_classifier(classifier, CLASSES, SIZE,
+                                  str(tmp_path_factory.mktemp("export") / "model"))
+
+
+def publish(exported: str, base_path: str, version: int) -> str:
+  """As the Pusher does: copy to a staging folder, then rename it into place."""
+  staging = os.path.join(base_path, f".staging-{version}")
+  shutil.copytree(exported, staging)
+  path = os.path.join(base_path, str(version))
+  os.rename(staging, path)
+  return path
+
+
+def jpeg(seed: int, size: int = 64) -> bytes:
+  data = io.BytesIO()
+  make_image(CLASS_COLOURS[CLASSES[seed % 2]], seed, size).save(data, format="JPEG")
+  return data.getvalue()
+
+
+def truncated(data: bytes) -> bytes:
+  """A valid header over cut-off pixel data: passes the header check, fails in the model."""
+  return data[:len(data) // 2]
+
+
+def b64(data: bytes) -> dict:
+  return {"b64": base64.b64encode(data).decode()}
+
+
+def row_request(*images: bytes) -> dict:
+  return {"instances": [b64(image) for image in images]}
+
+
+@contextlib.contextmanager
+def running_server(config: ServerConfig):
+  server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+  listening = socket.socket()
+  listening.bind(("127.0.0.1", 0))
+  thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+  thread.start()
+  deadline = time.monotonic() + 30
+  while not server.started:
+    assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+    time.sleep(0.01)
+  try:
+    yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+  finally:
+    server.should_exit = True
+    thread.join(30)
+    listening.close()
+
+
+@pytest.fixture(scope="module")
+def base_path(tmp_path_factory, exported):
+  path = str(tmp_path_factory.mktemp("serving") / NAME)
+  os.makedirs(path)
+  publish(exported, path, 1)
+  return path
+
+
+@pytest.fixture(scope="module")
+def url(base_path):
+  # A long batch timeout, so requests sent together surely meet in one batch.
+  with running_server(ServerConfig(base_path, batch_timeout_ms=50, max_batch_size=8,
+                                   **LIMITS)) as address:
+    yield address
+
+
+def batches(url: str) -> float:
+  metrics = httpx.get(f"{url}/monitoring/prometheus/metrics").text
+  return float(next(line.split()[-1] for line in metrics.splitlines()
+                    if line.startswith("headswap_batches_total")))
+
+
+def assert_serves(url: str) -> None:
+  response = httpx.post(f"{url}/v1/models/{NAME}:predict", json=row_request(jpeg(0)))
+  assert response.status_code == 200, response.text
+  assert response.json()["predictions"][0]["class_name"] in CLASSES
+
+
+def test_status_and_metadata_as_tf_serving_gives_them(url):
+  available = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                         "status": {"error_code": "OK", "error_message": ""}}]}
+  assert httpx.get(f"{url}/v1/models/{NAME}").json() == available
+  assert httpx.get(f"{url}/v1/models/{NAME}/versions/1").json() == available
+
+  metadata = httpx.get(f"{url}/v1/models/{NAME}/metadata").json()
+  assert metadata["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
+  serving_default = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+  assert serving_default["inputs"]["images"]["dtype"] == "DT_STRING"
+  assert set(serving_default["outputs"]) == {"probabilities", "class_index", "class_name"}
+  assert metadata["metadata"]["headswap"] == {"class_names": CLASSES, "image_size": SIZE}
+  assert httpx.get(f"{url}/v1/models/{NAME}/versions/1/metadata").json() == metadata
+
+
+def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_path):
+  images = [jpeg(seed) for seed in range(3)]
+  expected = tf.saved_model.load(os.path.join(base_path, "1")).signatures["serving_default"](
+      images=tf.constant(images))
+  predict = f"{url}/v1/models/{NAME}:predict"
+
+  rows = [{"b64": b64(images[0])["b64"]}, {"images": b64(images[1])}, b64(images[2])]
+  predictions = httpx.post(predict, json={"instances": rows}).json()["predictions"]
+  np.testing.assert_allclose([p["probabilities"] for p in predictions],
+                             expected["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
+  assert [p["class_index"] for p in predictions] == expected["class_index"].numpy().tolist()
+  assert [p["class_name"].encode() for p in predictions] == expected["class_name"].numpy().tolist()
+
+  column = [b64(image) for image in images]
+  for inputs in ({"images": column}, column):
+    outputs = httpx.post(f"{url}/v1/models/{NAME}/versions/1:predict",
+                         json={"inputs": inputs}).json()["outputs"]
+    np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert outputs["class_index"] == expected["class_index"].numpy().tolist()
+    assert outputs["class_name"] == [name.decode() for name in expected["class_name"].numpy()]
+
+
+def _image(image_format: str, size: int = 64, frames: int = 1) -> bytes:
+  images = [make_image((90, 90, 90), seed, size) for seed in range(frames)]
+  return encode(images[0], image_format, save_all=True, append_images=images[1:])
+
+
+PREDICT = f"/v1/models/{NAME}:predict"
+BAD_REQUESTS = {
+    "invalid JSON": (PREDICT, b"{not json", 400, "invalid JSON"),
+    "not an object": (PREDICT, b"[]", 400, "JSON object"),
+    "both formats": (PREDICT, json.dumps({"instances": [], "inputs": []}), 400, "not both"),
+    "no b64 object": (PREDICT, json.dumps({"instances": ["abc"]}), 400, "expected"),
+    "bad base64": (PREDICT, json.dumps({"instances": [{"b64": "no*base64"}]}), 400,
+                   "invalid base64"),
+    "not an image": (PREDICT, json.dumps(row_request(b"hello")), 400, "not a JPEG"),
+    "TIFF": (PREDICT, json.dumps(row_request(_image("TIFF"))), 400, "not a JPEG"),
+    "WebP": (PREDICT, json.dumps(row_request(_image("WEBP"))), 400, "not a JPEG"),
+    "corrupt JPEG data": (PREDICT, json.dumps(row_request(jpeg(0), truncated(jpeg(1)))), 400,
+                          "image 1: the model could not decode"),
+    "over the pixel limit": (PREDICT, json.dumps(row_request(_image("PNG", 101))), 413,
+                             "--max-pixels"),
+    "GIF frames over the pixel limit": (PREDICT, json.dumps(row_request(_image("GIF", 80, 2))),
+                                        413, "80x80 pixels in 2 frames"),
+    "too many instances": (PREDICT, json.dumps(row_request(*[jpeg(0)] * 5)), 413,
+                           "--max-instances"),
+    "body over the limit": (PREDICT, b" " * 100_001, 413, "--max-body-bytes"),
+    "unknown signature": (PREDICT, json.dumps({"signature_name": "x", "instances": []}), 400,
+                          "signature_name"),
+    "unknown model": ("/v1/models/nope:predict", json.dumps(row_request(jpeg(0))), 404,
+                      "Servable not found for request: Latest(nope)"),
+    "unknown version": (f"/v1/models/{NAME}/versions/7:predict",
+                        json.dumps(row_request(jpeg(0))), 404, "Specific(pets, 7)"),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_REQUESTS)
+def test_a_bad_request_gets_its_4xx_and_the_server_serves_on(url, problem):
+  path, body, status, message = BAD_REQUESTS[problem]
+  response = httpx.post(url + path, content=body)
+  assert response.status_code == status, response.text
+  assert message in response.json()["error"]
+  assert_serves(url)
+
+
+def test_unknown_models_versions_and_routes_get_404_json(url):
+  for path in ("/v1/models/nope", f"/v1/models/{NAME}/versions/2", f"/v1/models/{NAME}/x"):
+    response = httpx.get(url + path)
+    assert response.status_code == 404 and response.json()["error"], path
+
+
+async def _post_all(url: str, bodies) -> list:
+  async with httpx.AsyncClient(base_url=url) as http:
+    return await asyncio.gather(*(http.post(PREDICT, json=body) for body in bodies))
+
+
+def test_concurrent_requests_share_model_calls_and_a_corrupt_image_fails_alone(url):
+  bodies = [row_request(jpeg(seed)) for seed in range(15)] + [row_request(truncated(jpeg(0)))]
+  batches_before = batches(url)
+  responses = asyncio.run(_post_all(url, bodies))
+  assert [r.status_code for r in responses] == [200] * 15 + [400]
+  assert "the model could not decode" in responses[-1].json()["error"]
+  # 16 images, at most 8 per model call (the fixture's max_batch_size), several per call.
+  assert 2 <= batches(url) - batches_before < len(bodies)
+
+
+def _served_version(url: str) -> str:
+  return httpx.get(f"{url}/v1/models/{NAME}").json()["model_version_status"][0]["version"]
+
+
+def _wait_until(condition, what: str) -> None:
+  deadline = time.monotonic() + 60
+  while not condition():
+    assert time.monotonic() < deadline, f"{what}: not within 60 s"
+    time.sleep(0.1)
+
+
+def test_pushed_versions_are_served_without_restart_or_failed_requests(exported, tmp_path):
+  base_path = str(tmp_path / NAME)
+  os.makedirs(base_path)
+  publish(exported, base_path, 1)
+  with running_server(ServerConfig(base_path, poll_seconds=0.1)) as url:
+    statuses, stop = [], threading.Event()
+
+    def keep_predicting():
+      with httpx.Client(base_url=url) as http:
+        while not stop.is_set():
+          statuses.append(http.post(PREDICT, json=row_request(jpeg(0))).status_code)
+
+    traffic = threading.Thread(target=keep_predicting)
+    traffic.start()
+    try:
+      publish(exported, base_path, 2)
+      _wait_until(lambda: _served_version(url) == "2", "version 2 served")
+      # A copy that is not atomic: seen empty first, then retried once its files arrive.
+      os.makedirs(os.path.join(base_path, "3"))
+      version_3 = f"{url}/v1/models/{NAME}/versions/3"
+      _wait_until(lambda: httpx.get(version_3).status_code == 200, "version 3 failed")
+      (status,) = httpx.get(version_3).json()["model_version_status"]
+      assert status["state"] == "END" and status["status"]["error_message"]
+      shutil.copytree(exported, os.path.join(base_path, "3"), dirs_exist_ok=True)
+      _wait_until(lambda: _served_version(url) == "3", "version 3 served once complete")
+      shutil.rmtree(os.path.join(base_path, "3"))  # a rollback, as with TF Serving
+      _wait_until(lambda: _served_version(url) == "2", "version 2 served again")
+    finally:
+      stop.set()
+      traffic.join()
+
+    assert len(statuses) > 10 and set(statuses) == {200}
+    assert httpx.post(f"{url}/v1/models/{NAME}/versions/2:predict",
+                      json=row_request(jpeg(0))).status_code == 200
+    assert httpx.post(f"{url}/v1/models/{NAME}/versions/1:predict",
+                      json=row_request(jpeg(0))).status_code == 404
+    assert [status["version"] for status in
+            httpx.get(f"{url}/v1/models/{NAME}").json()["model_version_status"]] == ["2"]
+
+
+def test_predict_prints_top_k_from_a_saved_model_and_from_the_server(url, base_path, tmp_path,
+                                                                   capsys):
+  image = tmp_path / "cat.jpg"
+  image.write_bytes(jpeg(0))
+  outputs = []
+  for source in (["--model", base_path], ["--server", f"{url}/v1/models/{NAME}"]):
+    cli.main(["predict", *source, "--top-k", "1", str(image)])
+    outputs.append(capsys.readouterr().out)
+  assert outputs[0] == outputs[1]
+  lines = outputs[0].splitlines()
+  assert lines[0] == str(image) and len(lines) == 2 and lines[1].split()[0] in CLASSES
+
+  for source in (["--model", base_path], ["--server", url, "--model-name", NAME]):
+    with pytest.raises(SystemExit) as exit_:
+      cli.main(["predict", *source, str(image), str(tmp_path / "missing.jpg")])
+    assert exit_.value.code == 1
+    assert "missing.jpg\n  error: " in capsys.readouterr().out
+
+
+def test_predict_finds_the_model_in_the_server_url():
+  assert client.split_model_url("http://h:1/v1/models/pets") == ("http://h:1", "pets")
+  assert client.split_model_url("http://h:1/v1/models/pets/", "pets") == ("http://h:1", "pets")
+  assert client.split_model_url("http://h:1/", "pets") == ("http://h:1", "pets")
+  with pytest.raises(client.ServerError, match="names no model"):
+    client.split_model_url("http://h:1")
+  with pytest.raises(client.ServerError, match="not 'dogs'"):
+    client.split_model_url("http://h:1/v1/models/pets", "dogs")
+
+
+def test_serve_refuses_a_non_loopback_host_unless_allowed():
+  with pytest.raises(SystemExit, match="--allow-remote"):
+    cli.main(["serve", "--model-base-path", "unused", "--host", "0.0.0.0"])
+  assert serving_cli.is_loopback("127.0.0.1") and serving_cli.is_loopback("::1")
+  assert serving_cli.is_loopback("localhost")
+  assert not serving_cli.is_loopback("example.com")
+  assert not serving_cli.is_loopback("192.168.1.2")
