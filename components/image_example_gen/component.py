@@ -1,11 +1,13 @@
 """ImageExampleGen: TFX's FileBasedExampleGen with the image executor plugged in."""
 
+import glob
 import hashlib
 import os
 from typing import Optional
 
 from google.protobuf import any_pb2, struct_pb2
 from tfx.components import FileBasedExampleGen
+from tfx.components.example_gen import driver, input_processor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
@@ -52,7 +54,7 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
   packed.Pack(struct_pb2.Struct(fields={
       key: struct_pb2.Value(string_value=str(value)) if isinstance(value, str)
       else struct_pb2.Value(number_value=value) for key, value in settings.items()}))
-  return FileBasedExampleGen(
+  return _FileBasedImageExampleGen(
       input_base=input_base,
       input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(
           name="images", pattern=sources.file_pattern(layout, tfds_name))]),
@@ -68,3 +70,51 @@ def _has_test_split(data, tfds_name, tfds_data_dir) -> bool:
     return os.path.isdir(os.path.join(data, features.TEST))
   import tensorflow_datasets as tfds
   return features.TEST in tfds.builder(tfds_name, data_dir=tfds_data_dir).info.splits
+
+
+def input_fingerprint(input_base: str, patterns) -> str:
+  """Names, sizes and mtimes of the files the glob patterns match, never following symlinks.
+
+  TFX's own fingerprint sums sizes and mtimes (to the second) without names, so a photo
+  moved to another class folder would be served stale from the cache; and it follows
+  symlinks, so one broken link would fail the run before the executor could skip it.
+  """
+  digest = hashlib.sha256()
+  for pattern in patterns:
+    full_pattern = os.path.join(glob.escape(input_base), pattern)
+    matches = sorted(glob.glob(full_pattern))
+    if not matches:
+      raise sources.IngestError(f"no files match {full_pattern!r}")
+    for match in matches:
+      for path in _walk(match):
+        stat = os.lstat(path)
+        digest.update(f"{os.path.relpath(path, input_base)}\0{stat.st_size}"
+                      f"\0{stat.st_mtime_ns}\n".encode())
+  return f"files sha256:{digest.hexdigest()}"
+
+
+def _walk(path):
+  if os.path.isdir(path) and not os.path.islink(path):
+    for folder, subfolders, files in os.walk(path):
+      subfolders.sort()  # the same files in the same order give the same fingerprint
+      yield from (os.path.join(folder, name) for name in sorted(files))
+  else:
+    yield path
+
+
+class _InputProcessor(input_processor.FileBasedInputProcessor):
+
+  def resolve_span_and_version(self):
+    self._fingerprint = input_fingerprint(self._input_base_uri,
+                                          [split.pattern for split in self._splits])
+    return 0, None  # our patterns have no span or version spec
+
+
+class _Driver(driver.FileBasedDriver):
+
+  def get_input_processor(self, splits, range_config=None, input_base_uri=None):
+    return _InputProcessor(input_base_uri, splits, range_config)
+
+
+class _FileBasedImageExampleGen(FileBasedExampleGen):
+  DRIVER_CLASS = _Driver

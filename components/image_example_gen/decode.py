@@ -38,21 +38,20 @@ def to_example(data: bytes, source: str, label: int, label_name: str,
   if not data:
     raise SkipImage("empty file")
   image = _open(data, max_pixels)
-  source_format = image.format
-  channels = len(image.getbands())
   if _keep_as_is(data, image):
-    encoded = data
+    stored, encoded = image, data
   else:
-    encoded = _to_rgb_png(image)
+    stored = ImageOps.exif_transpose(image)  # height and width are those of the upright image
+    encoded = _to_rgb_png(stored)
   return tf.train.Example(features=tf.train.Features(feature={
       features.IMAGE: _bytes(encoded),
       features.LABEL: _int(label),
       features.LABEL_NAME: _bytes(label_name.encode()),
       features.FILENAME: _bytes(source.encode()),
-      features.HEIGHT: _int(image.height),
-      features.WIDTH: _int(image.width),
-      features.CHANNELS: _int(channels),
-      features.FORMAT: _bytes(source_format.lower().encode()),
+      features.HEIGHT: _int(stored.height),
+      features.WIDTH: _int(stored.width),
+      features.CHANNELS: _int(_channels(image)),
+      features.FORMAT: _bytes(image.format.lower().encode()),
       features.SHA256: _bytes(hashlib.sha256(data).hexdigest().encode()),
   }))
 
@@ -62,6 +61,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     image = Image.open(io.BytesIO(data))
   except Image.UnidentifiedImageError as error:
     raise SkipImage("not an image") from error
+  except Image.DecompressionBombError as error:  # beyond PIL's own limit, checked on open
+    raise SkipImage(f"decompression bomb: {error}") from error
   except Exception as error:  # PIL raises many types on malformed headers
     raise SkipImage(f"corrupt image header: {error}") from error
   if image.width * image.height > max_pixels:
@@ -84,8 +85,13 @@ def _keep_as_is(data: bytes, image: Image.Image) -> bool:
   return image.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
-def _to_rgb_png(image: Image.Image) -> bytes:
-  upright = ImageOps.exif_transpose(image)
+def _channels(image: Image.Image) -> int:
+  if image.mode == "P":  # a palette image is a colour image: count the palette's bands
+    return Image.getmodebands(image.palette.mode)
+  return len(image.getbands())
+
+
+def _to_rgb_png(upright: Image.Image) -> bytes:
   if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
     # 16-bit grayscale: PIL's convert("RGB") would clip at 255 instead of scaling.
     upright = upright.point(lambda value: value / 256).convert("L")

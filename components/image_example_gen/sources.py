@@ -49,7 +49,7 @@ class Listing:
 
 
 def file_pattern(layout: str, tfds_name: Optional[str] = None) -> str:
-  """The glob, relative to the input base, whose files TFX fingerprints for caching."""
+  """The glob, relative to the input base, whose files the driver fingerprints for caching."""
   return {"folders": "*/*", "presplit": "*/*/*", "csv": "*"}.get(layout) or tfds_name
 
 
@@ -87,16 +87,36 @@ def preflight(root: str, labels_csv: Optional[str] = None,
   Layout mistakes raise IngestError here, before TFX and Beam spend a minute starting.
   """
   if detect_layout(root, labels_csv) == "tfds":
-    info = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir).info
-    label = next(f for f in info.features.values() if hasattr(f, "names"))
-    return sorted(label.names), features.TEST in info.splits
+    builder = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir)
+    _, label_key = _tfds_keys(builder)
+    return sorted(builder.info.features[label_key].names), features.TEST in builder.info.splits
   listing = list_images(root, labels_csv)
   return listing.class_names, any(c.given_split == features.TEST for c in listing.candidates)
 
 
 def _tfds_builder(name, data_dir):
   import tensorflow_datasets as tfds  # heavy: only for this source
-  return tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise IngestError(f"there is no TFDS dataset named {name!r}") from error
+  if not builder.info.splits:  # known from a prepared dataset's files only
+    raise IngestError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}; "
+                      f"prepare it first, e.g. `tfds build {name} --data_dir <that data dir>`")
+  return builder
+
+
+def _tfds_keys(builder) -> Tuple[str, str]:
+  """(image feature, label feature) of an image-classification dataset."""
+  import tensorflow_datasets as tfds
+  image_key = next((k for k, f in builder.info.features.items()
+                    if isinstance(f, tfds.features.Image)), None)
+  label_key = next((k for k, f in builder.info.features.items()
+                    if isinstance(f, tfds.features.ClassLabel)), None)
+  if image_key is None or label_key is None:
+    raise IngestError(f"TFDS dataset {builder.name!r} is not an image-classification dataset "
+                      "(it needs an Image and a ClassLabel feature)")
+  return image_key, label_key
 
 
 def _list_class_folders(root, prefix, given_split, skipped):
@@ -185,11 +205,17 @@ def _list_csv(root, labels_csv) -> Listing:
   skipped = []
   candidates = []
   listed = set()
+  by_stem = {}
+  for name in os.listdir(root):
+    by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
   for line_number, row in enumerate(rows[1:], start=2):
-    if len(row) <= max(file_column, label_column) or not row[label_column].strip():
+    if (len(row) <= max(file_column, label_column) or not row[file_column].strip()
+        or not row[label_column].strip()):
       skipped.append((f"{labels_csv}:{line_number}", "CSV row without a file name and label"))
       continue
     relative = row[file_column].strip()
+    if not os.path.lexists(os.path.join(root, relative)) and len(by_stem.get(relative, [])) == 1:
+      relative = by_stem[relative][0]  # Kaggle's id columns often leave the extension out
     listed.add(relative)
     path = os.path.join(root, relative)
     reason = "listed in the labels CSV but missing" if not os.path.lexists(path) else (
@@ -209,14 +235,8 @@ def _list_csv(root, labels_csv) -> Listing:
 def _list_tfds(name, data_dir) -> Listing:
   import tensorflow_datasets as tfds  # heavy: only for this source
 
-  builder = tfds.builder(name, data_dir=data_dir)
-  image_key = next((k for k, f in builder.info.features.items()
-                    if isinstance(f, tfds.features.Image)), None)
-  label_key = next((k for k, f in builder.info.features.items()
-                    if isinstance(f, tfds.features.ClassLabel)), None)
-  if image_key is None or label_key is None:
-    raise IngestError(f"TFDS dataset {name!r} is not an image-classification dataset "
-                      "(it needs an Image and a ClassLabel feature)")
+  builder = _tfds_builder(name, data_dir)
+  image_key, label_key = _tfds_keys(builder)
   class_names = builder.info.features[label_key].names
   candidates = []
   skipped = [(f"tfds:{name}/{split}", "split not used (only train and test are)")

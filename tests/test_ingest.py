@@ -1,0 +1,374 @@
+"""The ingest stage, run for real (TFX LocalDagRunner, Beam DirectRunner) on tiny images.
+
+A pipeline run costs most of a minute, so one dataset carries every accepted format and
+every kind of bad file, and module-scoped fixtures share each run among the tests reading it.
+"""
+
+import json
+import os
+import shutil
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import features
+from components.image_example_gen import component, sources
+from pipeline import cli
+from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
+                            make_image, node_states, prepare_mock_tfds, read_examples, read_json,
+                            run_ingest, write_bad_files, write_class_folders, write_formats)
+
+INGEST_NODES = ["ImageExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"]
+THREE_CLASSES = {**CLASS_COLOURS, "birds": (60, 170, 60)}
+# File written by write_formats -> (format, channels) of the source, as the examples record it.
+FORMATS = {
+    "baseline.jpeg": ("jpeg", 3), "rgb8.png": ("png", 3), "rgb16.png": ("png", 3),
+    "gray16.png": ("png", 1), "palette.png": ("png", 3), "alpha.png": ("png", 4),
+    "animation.gif": ("gif", 3), "bitmap.bmp": ("bmp", 3), "photo.webp": ("webp", 3),
+    "gray.jpg": ("jpeg", 1), "cmyk.jpg": ("jpeg", 4), "upper.JPG": ("jpeg", 3),
+    "png_named.jpg": ("png", 3), ROTATED: ("jpeg", 3),
+}
+KEPT_BYTE_FOR_BYTE = ["baseline.jpeg", "rgb8.png", "upper.JPG", "png_named.jpg"]
+
+
+def _ingest(data, output, *flags):
+  artifacts = run_ingest(data, output, *flags)
+  examples = artifacts["ImageExampleGen.examples"]
+  return types.SimpleNamespace(
+      data=data, output=output, flags=flags, artifacts=artifacts,
+      examples=read_examples(examples),
+      report=read_json(os.path.join(examples, features.REPORT_FILE)))
+
+
+def _by_file(examples):
+  return {row[features.FILENAME]: dict(row, split=split)
+          for split, rows in examples.items() for row in rows}
+
+
+def _split_of_content(examples):
+  return {row[features.SHA256]: split for split, rows in examples.items() for row in rows}
+
+
+def _skipped(report):
+  return {item["file"]: item["reason"] for item in report["skipped"]}
+
+
+def _anomalies(run):
+  """{split: the ExampleValidator's Anomalies proto}."""
+  from tensorflow_data_validation.utils import anomalies_util
+
+  folder = run.artifacts["ExampleValidator.anomalies"]
+  return {split: anomalies_util.load_anomalies_binary(
+      os.path.join(folder, f"Split-{split}", "SchemaDiff.pb")) for split in run.examples}
+
+
+def _decode(row):
+  """What every later stage does with the stored image: it must be RGB, of the given size."""
+  image = tf.io.decode_image(row[features.IMAGE], expand_animations=False).numpy()
+  assert image.dtype == np.uint8
+  assert image.shape == (row[features.HEIGHT], row[features.WIDTH], 3), row[features.FILENAME]
+  assert row[features.IMAGE][:3] == b"\xff\xd8\xff" or row[features.IMAGE][:4] == b"\x89PNG"
+  return image
+
+
+# --- Class folders, every format, every bad file: one run -----------------------------------
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+  """Three class folders; cats/ also holds every accepted format and every kind of bad file."""
+  root = tmp_path_factory.mktemp("mixed")
+  data = root / "pets"
+  write_class_folders(str(data), classes=THREE_CLASSES)
+  sizes = write_formats(str(data / "cats"), CLASS_COLOURS["cats"])
+  bad = write_bad_files(str(data), "cats", CLASS_COLOURS["cats"])
+  run = _ingest(data, root / "output", "--max-pixels", str(BOMB_LIMIT))
+  return types.SimpleNamespace(**vars(run), sizes=sizes, bad=bad)
+
+
+def test_class_folders_become_train_and_eval_with_sorted_class_names(mixed):
+  assert sorted(mixed.examples) == [features.EVAL, features.TRAIN]
+  assert all(mixed.examples.values())
+  examples_uri = mixed.artifacts["ImageExampleGen.examples"]
+  class_names = read_json(os.path.join(examples_uri, features.CLASS_NAMES_FILE))
+  assert class_names == ["birds", "cats", "dogs"]
+  assert json.loads(artifact_properties(mixed.output, examples_uri)["class_names"]) == class_names
+  rows = _by_file(mixed.examples)
+  for name, row in rows.items():
+    assert row[features.LABEL_NAME] == name.split("/")[0]
+    assert row[features.LABEL] == class_names.index(row[features.LABEL_NAME])
+    _decode(row)
+  expected = {f"{name}/{name}.{i}.jpg" for name in class_names for i in range(12)}
+  expected |= {f"cats/{name}" for name in FORMATS}
+  assert set(rows) == expected
+  assert mixed.report["layout"] == "folders"
+  assert mixed.report["examples"] == len(expected)
+  assert {split: sum(per_class.values()) for split, per_class in mixed.report["counts"].items()} \
+      == {split: len(split_rows) for split, split_rows in mixed.examples.items()}
+  per_class = {name: sum(counts[name] for counts in mixed.report["counts"].values())
+               for name in class_names}
+  assert per_class == {"birds": 12, "cats": 12 + len(FORMATS), "dogs": 12}
+
+
+def test_every_format_is_stored_upright_as_rgb_jpeg_or_png(mixed):
+  assert set(mixed.sizes) == set(FORMATS)
+  rows = _by_file(mixed.examples)
+  for name, (source_format, channels) in FORMATS.items():
+    row = rows[f"cats/{name}"]
+    assert (row[features.FORMAT], row[features.CHANNELS]) == (source_format, channels), name
+    assert (row[features.HEIGHT], row[features.WIDTH]) == mixed.sizes[name], name
+    _decode(row)
+    with open(os.path.join(mixed.data, "cats", name), "rb") as f:
+      kept = row[features.IMAGE] == f.read()
+    assert kept == (name in KEPT_BYTE_FOR_BYTE), name
+
+
+def test_exif_rotated_photo_is_stored_upright(mixed):
+  # On disk: 64 wide, 48 high, red left half, blue right half; EXIF says turn 90° clockwise.
+  image = _decode(_by_file(mixed.examples)[f"cats/{ROTATED}"]).astype(int)
+  assert image.shape == (64, 48, 3)
+  top, bottom = image[:24].mean(axis=(0, 1)), image[40:].mean(axis=(0, 1))
+  assert top[0] > 200 and top[2] < 50  # red on top
+  assert bottom[2] > 200 and bottom[0] < 50  # blue below
+
+
+def test_16_bit_gray_is_scaled_not_clipped(mixed):
+  # gray16.png holds the 8-bit gray of make_image(cats, seed 7) times 257.
+  expected = np.asarray(make_image(CLASS_COLOURS["cats"], 7).convert("L"), dtype=int)
+  image = _decode(_by_file(mixed.examples)["cats/gray16.png"]).astype(int)
+  assert np.abs(image - expected[..., None]).max() <= 1
+
+
+def test_bad_files_are_skipped_with_their_reason(mixed):
+  skipped = _skipped(mixed.report)
+  assert set(skipped) == set(mixed.bad)
+  for name, words in mixed.bad.items():
+    assert words in skipped[name].lower(), (name, skipped[name])
+  assert not set(mixed.bad) & set(_by_file(mixed.examples))
+  assert len(mixed.report["skipped"]) == len(mixed.bad)
+
+
+def test_statistics_describe_readable_features_not_image_bytes(mixed):
+  import tensorflow_data_validation as tfdv
+
+  for split in mixed.examples:
+    statistics = tfdv.load_stats_binary(os.path.join(
+        mixed.artifacts["StatisticsGen.statistics"], f"Split-{split}", "FeatureStats.pb"))
+    by_name = {feature.path.step[0]: feature for feature in statistics.datasets[0].features}
+    assert set(by_name) == set(features.READABLE)
+    assert statistics.datasets[0].num_examples == len(mixed.examples[split])
+  assert by_name[features.LABEL_NAME].string_stats.unique == 3
+
+
+# --- Pre-split folders: test kept as given, duplicates, a vanished class ---------------------
+
+@pytest.fixture(scope="module")
+def presplit(tmp_path_factory):
+  """train/ with cats and dogs; test/ with cats only, one of them a byte copy of a train dog."""
+  root = tmp_path_factory.mktemp("presplit")
+  data = root / "presplit"
+  write_class_folders(str(data / "train"), per_class=12, seed=1)
+  write_class_folders(str(data / "test"), per_class=4, seed=2,
+                      classes={"cats": CLASS_COLOURS["cats"]})
+  shutil.copy(data / "train" / "dogs" / "dogs.0.jpg", data / "test" / "cats" / "copy.jpg")
+  return _ingest(data, root / "output")
+
+
+def test_presplit_keeps_test_as_given_and_carves_eval_from_train(presplit):
+  files = {split: {row[features.FILENAME] for row in rows}
+           for split, rows in presplit.examples.items()}
+  assert sorted(files) == [features.EVAL, features.TEST, features.TRAIN]
+  assert files[features.TEST] == {f"test/cats/cats.{i}.jpg" for i in range(4)} | {
+      "test/cats/copy.jpg"}
+  assert files[features.TRAIN] | files[features.EVAL] == {
+      f"train/{name}/{name}.{i}.jpg" for name in ("cats", "dogs") for i in range(12)}
+  assert files[features.TRAIN] and files[features.EVAL]
+  assert not files[features.TRAIN] & files[features.EVAL]
+  assert presplit.report["layout"] == "presplit"
+  assert presplit.report["class_names"] == ["cats", "dogs"]
+  assert presplit.report["skipped"] == []
+
+
+def test_duplicates_across_splits_are_reported(presplit):
+  split = _by_file(presplit.examples)["train/dogs/dogs.0.jpg"]["split"]
+  assert presplit.report["duplicates_across_splits"] == [
+      sorted([f"{split}:train/dogs/dogs.0.jpg", "test:test/cats/copy.jpg"])]
+  assert presplit.report["duplicates_within_splits"] == 0
+
+
+def test_validator_flags_a_class_that_vanished_from_a_split(presplit):
+  anomalies = _anomalies(presplit)
+  for split, counts in presplit.report["counts"].items():
+    vanished = any(count == 0 for count in counts.values())
+    info = anomalies[split].anomaly_info.get(features.LABEL_NAME)
+    descriptions = " ".join(reason.short_description for reason in info.reason) if info else ""
+    assert ("vanished" in descriptions) == vanished, (split, counts, descriptions)
+  assert presplit.report["counts"][features.TEST]["dogs"] == 0  # so the test split was flagged
+
+
+# --- Folder + labels CSV (Kaggle layout) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory):
+  """train/<id>.jpg plus labels.csv of id,label, the ids without extension as Kaggle has them."""
+  root = tmp_path_factory.mktemp("kaggle")
+  images = root / "train"
+  images.mkdir()
+  labels = {}
+  for class_index, (name, colour) in enumerate(sorted(CLASS_COLOURS.items())):
+    for i in range(12):
+      image_id = f"{i:02d}{class_index}f3a"
+      make_image(colour, 500 + class_index * 100 + i).save(images / f"{image_id}.jpg")
+      labels[image_id] = name
+  make_image(CLASS_COLOURS["cats"], 999).save(images / "unlabelled.jpg")
+  rows = [f"{image_id},{name}" for image_id, name in labels.items()]
+  (root / "labels.csv").write_text("id,label\n" + "\n".join(rows + ["gone,cats", ",dogs"]) + "\n")
+  run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"))
+  return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"))
+
+
+def test_csv_labels_images_of_a_flat_folder(kaggle):
+  rows = _by_file(kaggle.examples)
+  assert {name: row[features.LABEL_NAME] for name, row in rows.items()} == {
+      f"{image_id}.jpg": name for image_id, name in kaggle.labels.items()}
+  assert kaggle.report["layout"] == "csv"
+  assert kaggle.report["class_names"] == ["cats", "dogs"]
+  assert _skipped(kaggle.report) == {
+      "gone": "listed in the labels CSV but missing",
+      f"{kaggle.csv}:27": "CSV row without a file name and label",
+      "unlabelled.jpg": "not in the labels CSV"}
+
+
+@pytest.mark.parametrize("header", ["filename,label", "id,label", "image,class",
+                                    "File,Category"])
+def test_csv_header_names_the_file_and_label_columns(tmp_path, header):
+  images = tmp_path / "images"
+  images.mkdir()
+  for i, name in enumerate(["cats", "dogs", "cats"]):
+    make_image(CLASS_COLOURS[name], i).save(images / f"{i}.png")
+  (tmp_path / "labels.csv").write_text(f"{header}\n0.png,cats\n1.png,dogs\n2.png,cats\n")
+  listing = sources.list_images(str(images), str(tmp_path / "labels.csv"))
+  assert listing.class_names == ["cats", "dogs"]
+  assert [(c.source, c.label_name) for c in listing.candidates] == [
+      ("0.png", "cats"), ("1.png", "dogs"), ("2.png", "cats")]
+  assert listing.skipped == []
+
+
+# --- TensorFlow Datasets, offline through tfds.testing.mock_data ----------------------------
+
+@pytest.fixture(scope="module")
+def tfds_run(tmp_path_factory):
+  import tensorflow_datasets as tfds
+
+  root = tmp_path_factory.mktemp("tfds")
+  data_dir = root / "tensorflow_datasets"
+  # LocalDagRunner runs the components in this process, so the mock reaches the executor.
+  with tfds.testing.mock_data(num_examples=16, data_dir=str(data_dir)):
+    prepare_mock_tfds("cats_vs_dogs", {"train": 16, "test": 16})
+    return _ingest("tfds:cats_vs_dogs", root / "output", "--tfds-data-dir", str(data_dir))
+
+
+def test_tfds_dataset_by_name(tfds_run):
+  assert tfds_run.report["layout"] == "tfds"
+  assert tfds_run.report["class_names"] == ["cat", "dog"]
+  files = {split: sorted(row[features.FILENAME] for row in rows)
+           for split, rows in tfds_run.examples.items()}
+  assert sorted(files) == [features.EVAL, features.TEST, features.TRAIN]
+  assert files[features.TEST] == sorted(f"tfds:cats_vs_dogs/test/{i}" for i in range(16))
+  assert sorted(files[features.TRAIN] + files[features.EVAL]) == sorted(
+      f"tfds:cats_vs_dogs/train/{i}" for i in range(16))
+  for row in _by_file(tfds_run.examples).values():
+    _decode(row)
+    assert row[features.LABEL] == ["cat", "dog"].index(row[features.LABEL_NAME])
+  # The mock yields the same examples for every split: each test image is a train duplicate.
+  assert len(tfds_run.report["duplicates_across_splits"]) == 16
+
+
+# --- Layout mistakes: a clear message naming the folder, before any pipeline starts ----------
+
+def _empty_class(data):
+  write_class_folders(str(data))
+  os.makedirs(data / "zebras")
+  return str(data / "zebras"), "holds no images"
+
+
+def _single_class(data):
+  write_class_folders(str(data), classes={"cats": CLASS_COLOURS["cats"]})
+  return str(data), "at least two class folders"
+
+
+def _test_class_unknown_to_train(data):
+  write_class_folders(str(data / "train"))
+  write_class_folders(str(data / "test"), per_class=2, classes={"zebras": (0, 0, 0)})
+  return str(data / "test" / "zebras"), "no counterpart"
+
+
+@pytest.mark.parametrize("mistake", [_empty_class, _single_class, _test_class_unknown_to_train])
+def test_layout_mistakes_stop_with_a_message_naming_the_folder(tmp_path, mistake):
+  data = tmp_path / "data"
+  folder, words = mistake(data)
+  with pytest.raises(sources.IngestError, match=words) as error:
+    sources.list_images(str(data))
+  assert repr(folder) in str(error.value)
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["ingest", "--data", str(data), "--output", str(tmp_path / "output")])
+  assert exit_.value.code == f"headswap: {error.value}"  # printed as is, no traceback
+  assert not os.path.exists(tmp_path / "output")
+
+
+def test_unprepared_tfds_dataset_stops_with_a_message(tmp_path):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["ingest", "--data", "tfds:cats_vs_dogs", "--tfds-data-dir", str(tmp_path),
+              "--output", str(tmp_path / "output")])
+  assert "'cats_vs_dogs' is not prepared" in exit_.value.code
+
+
+# --- Caching: an unchanged folder is served from the cache; a moved photo re-runs -----------
+# Last in the file: it changes the `mixed` dataset (earlier tests read the first run only).
+
+def test_input_fingerprint_sees_names_sizes_and_times(tmp_path):
+  data = write_class_folders(str(tmp_path / "data"))
+  os.symlink(os.path.join(data, "cats", "nowhere.jpg"), os.path.join(data, "cats", "broken.jpg"))
+  seen = set()
+
+  def assert_new_fingerprint():
+    fingerprint = component.input_fingerprint(data, ["*/*"])
+    assert fingerprint == component.input_fingerprint(data, ["*/*"])
+    assert fingerprint not in seen
+    seen.add(fingerprint)
+
+  assert_new_fingerprint()
+  os.rename(os.path.join(data, "cats", "cats.0.jpg"), os.path.join(data, "dogs", "cats.0.jpg"))
+  assert_new_fingerprint()
+  os.rename(os.path.join(data, "dogs", "dogs.0.jpg"), os.path.join(data, "dogs", "renamed.jpg"))
+  assert_new_fingerprint()
+  stat = os.stat(os.path.join(data, "dogs", "dogs.1.jpg"))
+  os.utime(os.path.join(data, "dogs", "dogs.1.jpg"), ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+  assert_new_fingerprint()
+  with open(os.path.join(data, "dogs", "dogs.2.jpg"), "ab") as f:
+    f.write(b"\0")
+  assert_new_fingerprint()
+  with pytest.raises(sources.IngestError, match="no files match"):
+    component.input_fingerprint(str(tmp_path / "empty"), ["*/*"])
+
+
+def test_rerun_is_cached_and_a_moved_or_renamed_photo_reruns(mixed):
+  again = run_ingest(mixed.data, mixed.output, *mixed.flags)
+  assert {key: again[key] for key in mixed.artifacts} == mixed.artifacts
+  states = node_states(mixed.output)
+  assert all(states[node] == ["COMPLETE", "CACHED"] for node in INGEST_NODES), states
+
+  # Relabel by moving a photo to another class folder, and rename another: same sizes and
+  # mtimes, so only a fingerprint that includes file names notices.
+  cats, dogs = mixed.data / "cats", mixed.data / "dogs"
+  os.rename(cats / "cats.0.jpg", dogs / "was-a-cat.jpg")
+  os.rename(dogs / "dogs.1.jpg", dogs / "renamed.jpg")
+  moved = _ingest(mixed.data, mixed.output, *mixed.flags)
+  assert moved.artifacts["ImageExampleGen.examples"] != mixed.artifacts["ImageExampleGen.examples"]
+  assert node_states(mixed.output)["ImageExampleGen"] == ["COMPLETE", "CACHED", "COMPLETE"]
+  rows = _by_file(moved.examples)
+  assert rows["dogs/was-a-cat.jpg"][features.LABEL_NAME] == "dogs"
+  assert "dogs/renamed.jpg" in rows and "dogs/dogs.1.jpg" not in rows
+  # The content decides the split, whatever the name or folder: every image stays put.
+  assert _split_of_content(moved.examples) == _split_of_content(mixed.examples)
