@@ -100,3 +100,37 @@ def test_export_signatures_agree_and_reject_garbage(examples, tmp_path):
     assert json.load(f)["class_names"] == ["cats", "dogs"]
   with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
     loaded.signatures[export.SERVING_SIGNATURE](images=tf.constant([b"not an image"]))
+
+
+TWO_REPLICAS = """
+import json, sys
+from trainer.strategy import configure_cpu_devices
+configure_cpu_devices(2)  # before TensorFlow initialises, as the CLI does
+import numpy as np
+from trainer import train
+from trainer.hparams import HParams
+examples, work = sys.argv[1], sys.argv[2]
+hp = HParams(backbone="efficientnet_lite0", weights="none", image_size=64, epochs=1,
+             fine_tune_epochs=1, fine_tune_blocks=1, batch_size=4, cpu_replicas=2)
+run = train.train([examples + "/Split-train/*"], [examples + "/Split-eval/*"], 2, hp,
+                  work + "/cache", work + "/run")
+kernel = run.classifier.get_layer("head").get_layer("head_softmax").kernel.value
+copies = [np.asarray(copy) for copy in kernel.values]
+print(json.dumps({"replicas": run.summary["replicas"],
+                  "devices": sorted(copy.device for copy in kernel.values),
+                  "copies_agree": all(np.array_equal(copies[0], c) for c in copies),
+                  "phases": [row["phase"] for row in run.history]}))
+"""
+
+
+def test_training_runs_on_two_mirrored_replicas(examples, tmp_path):
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, examples, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["replicas"] == 2
+  assert report["devices"] == sorted({d for d in report["devices"]}) and len(report["devices"]) == 2
+  assert report["copies_agree"]  # both replicas applied the same all-reduced updates
+  assert report["phases"] == ["frozen", "fine_tune"]

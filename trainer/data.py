@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import List
+from typing import List, Optional
 
 import keras
 import tensorflow as tf
@@ -37,6 +37,22 @@ def decoded_images(file_patterns: List[str], image_size: int) -> tf.data.Dataset
   return records.map(decode, num_parallel_calls=AUTOTUNE).cache()
 
 
+def replica_batch_size(file_patterns: List[str], batch_size: int, replicas: int) -> int:
+  """The global batch size for a split, so that its first batch splits evenly over replicas.
+
+  Keras builds a distributed model by averaging the first batch across replicas, which needs
+  equal shares: a split smaller than one batch gets a smaller batch, a multiple of replicas.
+  """
+  if replicas == 1:
+    return batch_size
+  examples = int(tf.data.TFRecordDataset(tf.io.gfile.glob(file_patterns), compression_type="GZIP")
+                 .reduce(0, lambda count, _: count + 1))
+  if examples < replicas:
+    raise ValueError(f"{file_patterns} hold {examples} examples, fewer than the {replicas} "
+                     "replicas that would share them: use fewer --cpu-replicas or more images")
+  return min(batch_size, examples - examples % replicas)
+
+
 def augmenter(names: List[str], seed: int) -> keras.Sequential:
   """Random transforms for training batches; identity at evaluation."""
   layers = {
@@ -61,3 +77,11 @@ def batches(images: tf.data.Dataset, batch_size: int, training: bool,
     dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
                           num_parallel_calls=AUTOTUNE)
   return dataset.prefetch(AUTOTUNE)
+
+
+def feature_batches(features, labels, batch_size: int, seed: Optional[int] = None):
+  """Cached pooled features as batches; shuffled when a seed is given (training)."""
+  dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+  if seed is not None:
+    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+  return dataset.batch(batch_size).prefetch(AUTOTUNE)

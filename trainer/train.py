@@ -40,10 +40,12 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   image_size = base.input_shape[1]
   train_images = data.decoded_images(train_files, image_size)
   eval_images = data.decoded_images(eval_files, image_size)
-  eval_batches = data.batches(eval_images, global_batch, training=False)
+  train_batch = data.replica_batch_size(train_files, global_batch, replicas)
+  eval_batch = data.replica_batch_size(eval_files, global_batch, replicas)
+  eval_batches = data.batches(eval_images, eval_batch, training=False)
 
   def train_batches():
-    return data.batches(train_images, global_batch, training=True,
+    return data.batches(train_images, train_batch, training=True,
                         augmentations=hp.augmentations, seed=hp.seed)
 
   def callbacks(phase):
@@ -67,8 +69,9 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     computed = int(train_computed) + int(eval_computed)
     with strategy.scope():
       compile_for_training(head, hp.learning_rate)
-    frozen = head.fit(train_x, train_y, batch_size=global_batch, epochs=hp.epochs,
-                      validation_data=(eval_x, eval_y), callbacks=callbacks(FROZEN), verbose=2)
+    frozen = head.fit(data.feature_batches(train_x, train_y, train_batch, seed=hp.seed),
+                      validation_data=data.feature_batches(eval_x, eval_y, eval_batch),
+                      epochs=hp.epochs, callbacks=callbacks(FROZEN), verbose=2)
     with strategy.scope():
       classifier = build_classifier(base, head)
   else:
