@@ -1,0 +1,200 @@
+"""End-to-end benchmark: `headswap run` on real photos with the defaults, timed and scored.
+
+  .venv/bin/python bench/e2e.py [--compare] [--output DIR] [headswap run flags...]
+
+Runs `headswap run --data <cats_vs_dogs> --output <new folder>` (train/, and test/ as the
+user-given test split; tuner on) in a subprocess and prints one JSON object: the TestEvaluator's
+accuracy and per-class precision/recall/F1 on test/, wall seconds per component (ML Metadata's
+execution create and last-update times) and in total, peak memory (RSS of the process tree,
+sampled, and the largest process's max RSS), whether the gate blessed and the Pusher pushed,
+the tuned values. Flags it does not know go to `headswap run` (e.g. `--epochs 1 --no-tune` for
+a smoke run). --compare then runs bench/seed_baseline.py (the seeds' tutorial) in the same
+invocation and adds the ratio of the wall times, headswap / seed.
+Numbers from a machine shared with other work are inflated: quote them with the load.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from common import SHARED_DATA, Measured, run_measured
+
+SEED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seed_baseline.py")
+TARGETS = {"test_accuracy": 0.993, "wall_ratio_vs_seed": 0.5, "peak_memory_gib": 6.0}
+
+
+def metadata_store(output):
+  from ml_metadata.metadata_store import metadata_store as mlmd
+  from ml_metadata.proto import metadata_store_pb2
+
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = os.path.join(output, "metadata.sqlite")
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  return mlmd.MetadataStore(config)
+
+
+def executions_since(store, started_ms):
+  """[(node id, execution)] of the executions that began after started_ms, in start order."""
+  node_type = store.get_context_type("node").id
+  found = []
+  for execution in store.get_executions():
+    if execution.create_time_since_epoch < started_ms:
+      continue
+    nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
+             if c.type_id == node_type]
+    found.append((nodes[0].split(".")[-1], execution))  # "<pipeline>.<node id>"
+  return sorted(found, key=lambda pair: pair[1].create_time_since_epoch)
+
+
+def outputs_of(store, executions):
+  """{"<node id>.<output key>": artifact} written by those executions."""
+  node_of = {execution.id: node for node, execution in executions}
+  events = [e for e in store.get_events_by_execution_ids(list(node_of))
+            if e.type == e.OUTPUT]
+  artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+  return {f"{node_of[e.execution_id]}.{e.path.steps[0].key}": artifacts[e.artifact_id]
+          for e in events}
+
+
+def test_metrics(evaluation_uri, class_names):
+  """Accuracy, example count and per-class precision/recall/F1 from TFMA's output."""
+  import tensorflow_model_analysis as tfma
+
+  overall = next(m for m in tfma.load_metrics(evaluation_uri) if not m.slice_key.single_slice_keys)
+  result = {"per_class": {name: {} for name in class_names}}
+  for entry in overall.metric_keys_and_values:
+    value = round(entry.value.double_value.value, 4)
+    if entry.key.sub_key.HasField("class_id"):
+      result["per_class"][class_names[entry.key.sub_key.class_id.value]][entry.key.name] = value
+    else:
+      result[entry.key.name] = value
+  return {"test_accuracy": result.pop("sparse_categorical_accuracy", None),
+          "test_examples": int(result.pop("example_count", 0)), **result}
+
+
+def read_json(path):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def headswap_results(output, run: Measured):
+  """What the run did, read back from its metadata and artifacts."""
+  store = metadata_store(output)
+  executions = executions_since(store, int(run.started * 1000))
+  if not executions:
+    return {"error": "no executions recorded in this run"}
+  artifacts = outputs_of(store, executions)
+  components = {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000,
+                            1) for node, e in executions}
+  first = executions[0][1].create_time_since_epoch / 1000
+  last = max(e.last_update_time_since_epoch for _, e in executions) / 1000
+  examples = artifacts["ImageExampleGen.examples"].uri
+  results = {
+      "wall_seconds": {
+          "total": round(run.wall_seconds, 1),
+          "before_first_component": round(first - run.started, 1),
+          "components": components,
+          "after_last_component": round(run.started + run.wall_seconds - last, 1),
+      },
+      "cpu_seconds": round(run.cpu_seconds),
+      "memory": run.memory(),
+      "blessed": _flag(artifacts.get("Evaluator.blessing"), "blessed"),
+      "pushed": _flag(artifacts.get("Pusher.pushed_model"), "pushed"),
+  }
+  hyperparameters = artifacts.get("Tuner.best_hyperparameters")
+  if hyperparameters:
+    results["tuned"] = read_json(os.path.join(hyperparameters.uri,
+                                              "best_hyperparameters.txt"))["values"]
+  model_run = artifacts.get("Trainer.model_run")
+  if model_run:
+    from trainer.task import SUMMARY_FILE
+
+    summary = read_json(os.path.join(model_run.uri, SUMMARY_FILE)) or {}
+    results["training"] = {key: value for key, value in summary.items() if key != "hparams"}
+  if "TestEvaluator.evaluation" in artifacts:
+    from components import features
+
+    class_names = read_json(os.path.join(examples, features.CLASS_NAMES_FILE))
+    results.update(test_metrics(artifacts["TestEvaluator.evaluation"].uri, class_names))
+  return results
+
+
+def _flag(artifact, name):
+  return None if artifact is None else bool(artifact.custom_properties[name].int_value)
+
+
+def run_seed(data, seed_epochs, timeout, log_dir):
+  command = [sys.executable, SEED_SCRIPT, "--data", data]
+  if seed_epochs is not None:
+    command += ["--epochs", str(seed_epochs)]
+  run = run_measured(command, os.path.join(log_dir, "seed"), timeout)
+  if run.returncode:
+    return {"error": f"seed_baseline.py exited with {run.returncode}", "log": run.log_tail()}
+  return {**json.loads(run.stdout()), "wall_seconds_measured_outside": round(run.wall_seconds, 1),
+          "cpu_seconds": round(run.cpu_seconds), "memory": run.memory()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+  parser.add_argument("--data", default=SHARED_DATA)
+  parser.add_argument("--output", help="a new folder, kept (default: a temporary one, removed)")
+  parser.add_argument("--compare", action="store_true",
+                      help="also run the seeds' tutorial and print the wall time ratio")
+  parser.add_argument("--seed-epochs", type=int,
+                      help="the tutorial's epochs per phase (default 10: the real comparison)")
+  parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+  args, headswap_flags = parser.parse_known_args()
+
+  if args.output and os.path.exists(os.path.join(args.output, "metadata.sqlite")):
+    sys.exit(f"e2e: {args.output} holds an earlier run, whose cache would make this one "
+             "instant; give a new folder")
+  output = os.path.abspath(args.output or tempfile.mkdtemp(prefix="headswap-e2e-"))
+  logs = os.path.join(output, "bench_logs")
+  os.makedirs(logs, exist_ok=True)
+  command = [sys.executable, "-m", "pipeline.cli", "run", "--data", args.data, "--output", output,
+             *headswap_flags]
+  run = run_measured(command, os.path.join(logs, "headswap"), args.timeout)
+  report = {"benchmark": "headswap run", "command": " ".join(command[1:]), "output": output}
+  if run.returncode:
+    report.update(error=f"headswap run exited with {run.returncode}", log=run.log_tail())
+  else:
+    report.update(headswap_results(output, run))
+  if args.compare:
+    report["seed"] = run_seed(args.data, args.seed_epochs, args.timeout, logs)
+    seed_wall = report["seed"].get("wall_seconds_measured_outside")
+    if seed_wall and not run.returncode:
+      report["wall_ratio_headswap_over_seed"] = round(run.wall_seconds / seed_wall, 3)
+      report["cpu_ratio_headswap_over_seed"] = round(
+          run.cpu_seconds / report["seed"]["cpu_seconds"], 3)
+  report["targets_met"] = targets_met(report)
+  report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+  failed = run.returncode or "error" in report.get("seed", {})
+  if args.output or failed:
+    report["kept"] = output
+  else:
+    shutil.rmtree(output)
+  print(json.dumps(report, indent=2))
+  sys.exit(1 if failed else 0)
+
+
+def targets_met(report):
+  met = {}
+  if report.get("test_accuracy") is not None:
+    met["test_accuracy_ge_0.993"] = report["test_accuracy"] >= TARGETS["test_accuracy"]
+  if "memory" in report:
+    met["peak_memory_le_6gib"] = (report["memory"]["peak_tree_rss_gib"]
+                                  <= TARGETS["peak_memory_gib"])
+  if "wall_ratio_headswap_over_seed" in report:
+    met["wall_le_half_of_seed"] = (report["wall_ratio_headswap_over_seed"]
+                                   <= TARGETS["wall_ratio_vs_seed"])
+  return met
+
+
+if __name__ == "__main__":
+  main()
