@@ -8,7 +8,7 @@ import os
 class ServerConfig:
   model_base_path: str  # holds <version>/ SavedModel folders, as the Pusher writes them
   model_name: str = ""  # in the URLs; default: the base path's last folder
-  max_batch_size: int = 8  # on 2 CPU cores, throughput peaks near 4 (bench/serve.py)
+  max_batch_size: int = 8  # a cap: concurrent requests set the actual batch size
   batch_timeout_ms: float = 2.0
   max_instances: int = 64  # images per request
   max_body_bytes: int = 32 * 1024 * 1024
