@@ -61,10 +61,11 @@ def test_frozen_phase_changes_no_base_weight(examples, initial_weights, tmp_path
   assert all(np.array_equal(before[name], after[name]) for name in before)
 
 
-def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(examples, initial_weights,
-                                                                      tmp_path):
+@pytest.mark.parametrize("on_cached_activations", [True, False])
+def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(
+    examples, initial_weights, tmp_path, on_cached_activations):
   hp = _hparams(initial_weights, fine_tune_blocks=1, learning_rate=1e-2,
-                fine_tune_learning_rate=1e-2)
+                fine_tune_learning_rate=1e-2, fast_fine_tuning=on_cached_activations)
   run = _train(examples, hp, tmp_path)
   base = _base_of(run.classifier)
   after = _weights_of(base)
@@ -75,6 +76,7 @@ def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(examples, i
 
   assert [row["phase"] for row in run.history] == ["frozen", "fine_tune"]
   assert run.history[-1]["epoch"] == 2  # the epoch count continues from phase 1
+  assert run.summary["fine_tune"]["on_cached_activations"] == on_cached_activations
   assert changed <= top - bn
   if run.summary["fine_tune"]["kept"]:
     assert changed, "fine-tuning was kept but no top-block weight changed"

@@ -80,7 +80,8 @@ def batches(images: tf.data.Dataset, batch_size: int, training: bool,
 
 
 def feature_batches(features, labels, batch_size: int, seed: Optional[int] = None):
-  """Cached pooled features as batches; shuffled when a seed is given (training)."""
+  """Cached outputs of a frozen part (pooled features, activations) as batches; shuffled
+  when a seed is given (training)."""
   dataset = tf.data.Dataset.from_tensor_slices((features, labels))
   if seed is not None:
     dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)

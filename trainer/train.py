@@ -48,6 +48,15 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     return data.batches(train_images, train_batch, training=True,
                         augmentations=hp.augmentations, seed=hp.seed)
 
+  def cached_outputs(frozen_part, cut=""):
+    """The frozen part's outputs over both splits, from the shared cache."""
+    outputs = [feature_cache.pooled_features(
+        frozen_part, images, feature_cache.cache_path(feature_cache_dir, files, hp.backbone,
+                                                      hp.weights, image_size, cut),
+        global_batch) for files, images in ((train_files, train_images),
+                                            (eval_files, eval_images))]
+    return outputs[0][:2], outputs[1][:2], int(outputs[0][2]) + int(outputs[1][2])
+
   def callbacks(phase):
     chosen = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
                                             restore_best_weights=True),
@@ -60,13 +69,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   started = time.time()
   if hp.fast_feature_extraction:
     # The frozen base gives the same features every epoch: compute them once.
-    cache = lambda files: feature_cache.cache_path(feature_cache_dir, files, hp.backbone,
-                                                   hp.weights, image_size)
-    train_x, train_y, train_computed = feature_cache.pooled_features(
-        base, train_images, cache(train_files), global_batch)
-    eval_x, eval_y, eval_computed = feature_cache.pooled_features(
-        base, eval_images, cache(eval_files), global_batch)
-    computed = int(train_computed) + int(eval_computed)
+    (train_x, train_y), (eval_x, eval_y), computed = cached_outputs(base)
     with strategy.scope():
       compile_for_training(head, hp.learning_rate)
     frozen = head.fit(data.feature_batches(train_x, train_y, train_batch, seed=hp.seed),
@@ -95,10 +98,22 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     frozen_weights = classifier.get_weights()
     with strategy.scope():
       unfrozen = registry.unfreeze_top_blocks(base, hp.fine_tune_blocks)
-      compile_for_training(classifier, hp.phase2_learning_rate)
-    fine = classifier.fit(train_batches(), validation_data=eval_batches,
-                          initial_epoch=len(history), epochs=len(history) + hp.fine_tune_epochs,
-                          callbacks=callbacks(FINE_TUNE), verbose=2)
+      tuned = classifier
+      if hp.fast_fine_tuning:
+        bottom, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
+        tuned = build_classifier(top, head)  # shares its layers with `classifier`
+      compile_for_training(tuned, hp.phase2_learning_rate)
+    if hp.fast_fine_tuning:
+      # The bottom stays frozen: its output, computed once, stands in for the images.
+      (train_a, train_y), (eval_a, eval_y), computed = cached_outputs(
+          bottom, cut=f"top{hp.fine_tune_blocks}")
+      fine_train = data.feature_batches(train_a, train_y, train_batch, seed=hp.seed)
+      fine_eval = data.feature_batches(eval_a, eval_y, eval_batch)
+    else:
+      fine_train, fine_eval, computed = train_batches(), eval_batches, 0
+    fine = tuned.fit(fine_train, validation_data=fine_eval, initial_epoch=len(history),
+                     epochs=len(history) + hp.fine_tune_epochs, callbacks=callbacks(FINE_TUNE),
+                     verbose=2)
     best = min(fine.history["val_loss"])
     kept = best < summary["frozen"]["best_val_loss"]
     if not kept:  # fine-tuning made eval loss worse: ship the feature-extraction model
@@ -106,6 +121,8 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     history += _rows(fine, FINE_TUNE, first_epoch=len(history))
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
                             "epochs": len(fine.history["loss"]), "best_val_loss": best,
+                            "on_cached_activations": hp.fast_fine_tuning,
+                            "activation_files_computed": computed,
                             "kept": kept, "seconds": round(time.time() - started, 1)}
   return TrainingRun(classifier, image_size, history, summary)
 

@@ -247,6 +247,20 @@ def unfreeze_top_blocks(model: keras.Model, k: int) -> List[keras.layers.Layer]:
   return unfrozen
 
 
+def split_at_top_blocks(model: keras.Model, k: int) -> Tuple[keras.Model, keras.Model]:
+  """(bottom, top): the model cut where its last k blocks begin, bottom(x) feeding top.
+
+  Both share the model's layers, so training `top` trains the model itself; the frozen
+  bottom's output can be computed once and cached (a block starts where the whole network
+  narrows to one tensor, so that tensor is all the top needs)."""
+  all_blocks = blocks(model)
+  if not 0 < k <= len(all_blocks):
+    raise ValueError(f"{model.name} has {len(all_blocks)} blocks; cannot cut off the top {k}")
+  cut = all_blocks[len(all_blocks) - k][0].input
+  return keras.Model(model.input, cut, name=f"{model.name}_bottom"), \
+      keras.Model(cut, model.output, name=f"{model.name}_top{k}")
+
+
 def _spec_of(model: keras.Model) -> BackboneSpec:
   for spec in BACKBONES.values():
     if spec.model_name == model.name:
