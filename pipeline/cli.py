@@ -13,6 +13,7 @@ from components.image_example_gen import sources
 from evaluation import cli as evaluation_cli
 from serving import cli as serving_cli
 from trainer.backbones import cli as backbones_cli
+from tuning import cli as tuning_cli
 
 DEFAULT_OUTPUT = "output"
 
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.set_defaults(func=cmd_run)
   # The other commands live with their stage; each module registers its own flags.
   evaluation_cli.register(commands)
+  tuning_cli.register(commands)
   backbones_cli.register(commands)
   serving_cli.register(commands)
   return parser

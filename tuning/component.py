@@ -16,8 +16,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
   tuner = TransferTuner(fn_args.train_files, fn_args.eval_files,
                         len(data.class_names_of(fn_args.train_files)), hp,
                         SearchSpace(**config.get("search_space", {})),
-                        config["feature_cache_dir"], directory=fn_args.working_dir,
-                        project_name="depth", overwrite=True, seed=hp.seed)
+                        config["feature_cache_dir"], directory=fn_args.working_dir)
   return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})
 
 
@@ -27,7 +26,7 @@ class _Executor(tfx_tuner_executor.Executor):
   def Do(self, input_dict, output_dict, exec_properties):
     tuner = tfx_tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir())
     tfx_tuner_executor.write_best_hyperparameters(tuner, output_dict)
-    write_summary(tuner, artifact_utils.get_single_uri(
+    write_summary(tuner.summary(), artifact_utils.get_single_uri(
         output_dict[standard_component_specs.TUNER_RESULTS_KEY]))
 
 

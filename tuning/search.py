@@ -2,28 +2,45 @@
 
 Stage 1 searches the head (dense units or none, dropout, learning rate) on the frozen
 base's pooled features, which trainer/feature_cache.py computes once for every trial and
-for the Trainer. Stage 2 takes the best head and searches how many top blocks to unfreeze
-(0 = feature extraction only) and the fine-tuning learning rate with short budgets. Its
-best trial carries the stage-1 values as fixed hyperparameters, so one HyperParameters
-object tells the Trainer everything, and the summary says whether fine-tuning paid off.
+for the Trainer. Its best head is the feature-extraction result. Stage 2 fine-tunes that
+head with the top 1, 2, ... blocks unfrozen at a searched learning rate, with short budgets.
+Its trials carry the stage-1 values as fixed hyperparameters, so one HyperParameters object
+tells the Trainer everything: the best fine-tune trial if it beat feature extraction, else
+the best head with fine_tune_blocks 0. The summary says which, with the measured numbers.
+
+Each stage draws its trials from a StageOracle. In one process (the TFX Tuner, `headswap
+tune`) both oracles are local; in a distributed search (tuning/jobs.py) they live in
+the chief and every worker runs this same TransferTuner against them over gRPC.
 """
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import keras_tuner
+import numpy as np
 import tensorflow as tf
+from keras_tuner.src.engine import trial as trial_module
 
 from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
 from trainer.model import build_classifier, build_head, compile_for_training
 
+log = logging.getLogger("headswap")
+
 OBJECTIVE = "val_loss"  # the Trainer's early stopping watches the same number
+HEADS, DEPTH = "heads", "depth"
+PORT_VARIABLE = "KERASTUNER_ORACLE_PORT"
+DEPTH_PORT_OFFSET = 1  # the depth stage's oracle listens next to the head stage's
+LONG_POLL_SECONDS = 20  # a tuner held back gets IDLE after this and asks again
+POLL_SECONDS = 0.1
+Status = trial_module.TrialStatus
 
 
 @dataclasses.dataclass
@@ -31,7 +48,8 @@ class SearchSpace:
   head_units: List[int] = dataclasses.field(default_factory=lambda: [0, 64, 256])
   dropout: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5])  # [min, max]
   learning_rate: List[float] = dataclasses.field(default_factory=lambda: [1e-4, 1e-2])
-  fine_tune_blocks: List[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+  # Blocks to unfreeze; 0 (feature extraction only) is stage 1's best head, measured there.
+  fine_tune_blocks: List[int] = dataclasses.field(default_factory=lambda: [1, 2])
   fine_tune_learning_rate: List[float] = dataclasses.field(default_factory=lambda: [1e-5, 1e-4])
   head_trials: int = 8
   depth_trials: int = 3
@@ -39,158 +57,374 @@ class SearchSpace:
   depth_epochs: int = 2
   seconds: float = 0  # 0: no time budget
 
+  def head_hyperparameters(self) -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("head_units", self.head_units)
+    hp.Float("dropout", *self.dropout, step=0.1)
+    hp.Float("learning_rate", *self.learning_rate, sampling="log")
+    return hp
 
-def _head_hyperparameters(hp: keras_tuner.HyperParameters, space: SearchSpace) -> None:
-  hp.Choice("head_units", space.head_units)
-  hp.Float("dropout", *space.dropout, step=0.1)
-  hp.Float("learning_rate", *space.learning_rate, sampling="log")
+  def depth_hyperparameters(self) -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("fine_tune_blocks", self.fine_tune_blocks)
+    hp.Float("fine_tune_learning_rate", *self.fine_tune_learning_rate, sampling="log")
+    return hp
 
 
-class _Budgeted:
-  """Tuner mixin: times each trial and hands out no new trial once the deadline passed."""
-  deadline: Optional[float] = None
+class StageOracle(keras_tuner.oracles.RandomSearchOracle):
+  """Random search for one stage that can hold its trials back until the stage may start
+  (enough tuners arrived, the stage before finished), stops handing out trials at a deadline
+  and remembers which tuner ran each trial."""
 
-  def on_trial_begin(self, trial):
-    self.__dict__.setdefault("trial_seconds", {})[trial.trial_id] = time.time()
-    super().on_trial_begin(trial)
+  def __init__(self, name: str, hyperparameters, max_trials: int, seed: int,
+               deadline: Optional[float] = None, min_trials: int = 0,
+               tuners_to_wait_for: int = 1, after: Optional["StageOracle"] = None):
+    super().__init__(objective=OBJECTIVE, max_trials=max_trials,
+                     hyperparameters=hyperparameters, seed=seed)
+    self.name = name
+    self.deadline = deadline
+    self.min_trials = min_trials
+    self.tuners_to_wait_for = tuners_to_wait_for
+    self.after = after
+    self.arrived = set()
+    self.workers: Dict[str, str] = {}  # trial id -> tuner id
+    self.stopped = False
+    self.first_started: Optional[float] = None
+    self.last_ended: Optional[float] = None
+    self.verbose = 0  # end_trial logs one line per trial instead of KerasTuner's tables
 
-  def on_trial_end(self, trial):
-    super().on_trial_end(trial)
-    self.trial_seconds[trial.trial_id] = round(time.time() - self.trial_seconds[trial.trial_id], 2)
+  @property
+  def finished(self) -> bool:
+    return self.stopped and not self.ongoing_trials
+
+  @property
+  def seconds(self) -> Optional[float]:
+    """From the first trial's start to the last one's end, on whichever tuners."""
+    if self.first_started and self.last_ended:
+      return round(self.last_ended - self.first_started, 1)
+    return None
+
+  def _may_start(self) -> bool:
+    return (len(self.arrived) >= self.tuners_to_wait_for
+            and (self.after is None or self.after.finished))
+
+  def create_trial(self, tuner_id):
+    # Waits outside the oracle's lock (taken by super()), so the awaited tuners can arrive.
+    self.arrived.add(tuner_id)
+    waited = 0.0
+    while not self._may_start():
+      if waited >= LONG_POLL_SECONDS:
+        return trial_module.Trial(self.get_space(), trial_id="waiting", status=Status.IDLE)
+      time.sleep(POLL_SECONDS)
+      waited += POLL_SECONDS
+    trial = super().create_trial(tuner_id)
+    if trial.status == Status.RUNNING:
+      self.workers[trial.trial_id] = tuner_id
+      self.first_started = self.first_started or time.time()
+    elif trial.status == Status.STOPPED:
+      self.stopped = True
+    return trial
+
+  def populate_space(self, trial_id):
     if self.deadline and time.time() > self.deadline:
-      self.oracle.max_trials = len(self.oracle.trials)  # the oracle stops at max_trials
+      if len(self.trials) >= self.min_trials:
+        return {"status": Status.STOPPED, "values": None}
+      # Over budget but a result is needed: the first listed (default) values.
+      return {"status": Status.RUNNING,
+              "values": {hp.name: hp.default for hp in self.hyperparameters.space}}
+    return super().populate_space(trial_id)
+
+  def end_trial(self, trial):
+    super().end_trial(trial)
+    self.last_ended = time.time()
+    ended = self.trials[trial.trial_id]
+    log.info("%s trial %s (%s): %s, %s %s", self.name, ended.trial_id,
+             self.workers.get(ended.trial_id), ended.status, OBJECTIVE, ended.score)
 
 
-class _HeadTuner(_Budgeted, keras_tuner.RandomSearch):
+def stage_oracles(space: SearchSpace, seed: int,
+                  tuners_to_wait_for: int = 1) -> Tuple[StageOracle, StageOracle]:
+  """The head stage's oracle and the depth stage's, which waits for the head stage. Only
+  the head stage must run a trial whatever the time budget: it alone makes a result."""
+  deadline = time.time() + space.seconds if space.seconds else None
+  seed += 1  # KerasTuner draws a random seed for 0
+  heads = StageOracle(HEADS, space.head_hyperparameters(), space.head_trials, seed, deadline,
+                      min_trials=1, tuners_to_wait_for=tuners_to_wait_for)
+  depth = StageOracle(DEPTH, space.depth_hyperparameters(), space.depth_trials, seed, deadline,
+                      after=heads)
+  return heads, depth
+
+
+class Splits:
+  """Both splits, decoded once, and the cached outputs of frozen parts of the base over them:
+  the cache files the Trainer reads too (trainer/train.py), so neither computes them twice."""
+
+  def __init__(self, train_files, eval_files, hp: HParams, cache_dir: str):
+    self.hp = hp
+    self.base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
+    self.image_size = self.base.input_shape[1]
+    self.files = (train_files, eval_files)
+    self.images = tuple(data.decoded_images(files, self.image_size) for files in self.files)
+    self._cache_dir = cache_dir
+
+  def cached_outputs(self, frozen_part: keras.Model, cut: str = ""):
+    """((train outputs, labels), (eval outputs, labels), files computed now)."""
+    outputs, computed = [], 0
+    for files, images in zip(self.files, self.images):
+      path = feature_cache.cache_path(self._cache_dir, files, self.hp.backbone, self.hp.weights,
+                                      self.image_size, cut)
+      *split_outputs, computed_now = feature_cache.pooled_features(frozen_part, images, path,
+                                                                   self.hp.batch_size)
+      outputs.append(tuple(split_outputs))
+      computed += int(computed_now)
+    return outputs[0], outputs[1], computed
+
+  def pooled_features(self):
+    return self.cached_outputs(self.base)
+
+  def activations(self, blocks: int):
+    """What the top `blocks` blocks take in: the frozen bottom's output (the Trainer's cut)."""
+    bottom, _ = registry.split_at_top_blocks(self.base, blocks)
+    return self.cached_outputs(bottom, cut=f"top{blocks}")
+
+
+def precompute(train_files, eval_files, hp: HParams, space: SearchSpace,
+               cache_dir: str) -> Dict[str, float]:
+  """Every cache file a search may read, computed here once, for workers that then only read
+  them (two workers computing one file at once would collide)."""
+  splits = Splits(train_files, eval_files, hp, cache_dir)
+  started = time.time()
+  counts = {"feature_files_computed": splits.pooled_features()[2],
+            "feature_seconds": round(time.time() - started, 1)}
+  if hp.fast_fine_tuning:
+    counts["activation_files_computed"] = sum(splits.activations(blocks)[2]
+                                              for blocks in space.fine_tune_blocks)
+  return counts
+
+
+@contextlib.contextmanager
+def _oracle_port(offset: int):
+  """KerasTuner's OracleClient reads the chief's port from the environment when a tuner is
+  built (workers only): point it at the stage's oracle while building."""
+  port = os.environ.get(PORT_VARIABLE)
+  if port is None or not offset:
+    yield
+    return
+  os.environ[PORT_VARIABLE] = str(int(port) + offset)
+  try:
+    yield
+  finally:
+    os.environ[PORT_VARIABLE] = port
+
+
+def _best_epoch(history: Dict[str, List[float]], started: float) -> Dict[str, float]:
+  """The trial's metrics for the oracle: its best epoch, and its wall time."""
+  best = int(np.argmin(history[OBJECTIVE]))
+  return {OBJECTIVE: history[OBJECTIVE][best], "val_accuracy": history["val_accuracy"][best],
+          "seconds": round(time.time() - started, 2)}
+
+
+class _HeadTuner(keras_tuner.Tuner):
   """Stage 1: heads trained on cached pooled features, a second or two per trial."""
 
-  def __init__(self, feature_dim, num_classes, base_hp, space, deadline, **kwargs):
+  def __init__(self, oracle, feature_dim, num_classes, base_hp, **kwargs):
     def build(hp):
-      _head_hyperparameters(hp, space)
       values = dataclasses.replace(base_hp, **hp.values)
       head = build_head(feature_dim, num_classes, values)
       compile_for_training(head, values.learning_rate)
+      head.jit_compile = False  # XLA's compile time is most of a trial this short
       return head
-    super().__init__(hypermodel=build, objective=OBJECTIVE, max_trials=space.head_trials,
-                     **kwargs)
-    self.deadline = deadline
+    super().__init__(oracle=oracle, hypermodel=build, **kwargs)
+
+  def run_trial(self, trial, *args, **kwargs):
+    started = time.time()
+    history, = super().run_trial(trial, *args, **kwargs)
+    return _best_epoch(history.history, started)
 
 
-class TransferTuner(_Budgeted, keras_tuner.RandomSearch):
-  """Stage 2 tuner, which runs stage 1 first; what TFX's Tuner component drives."""
+class TransferTuner(keras_tuner.Tuner):
+  """The depth stage's tuner, whose search() runs the head stage first: what TFX's Tuner
+  component drives, `headswap tune` runs, and each worker of a distributed search runs."""
 
   def __init__(self, train_files, eval_files, num_classes, base_hp: HParams,
-               space: SearchSpace, feature_cache_dir: str, **kwargs):
-    super().__init__(hypermodel=None, objective=OBJECTIVE, max_trials=space.depth_trials,
-                     **kwargs)
+               space: SearchSpace, feature_cache_dir: str, directory: str,
+               overwrite: bool = True):
+    self.heads_oracle, depth_oracle = stage_oracles(space, base_hp.seed)
+    with _oracle_port(DEPTH_PORT_OFFSET):
+      super().__init__(oracle=depth_oracle, directory=directory, project_name=DEPTH,
+                       overwrite=overwrite)
     self._train_files, self._eval_files = train_files, eval_files
     self._num_classes = num_classes
     self._base_hp = base_hp
     self._space = space
     self._feature_cache_dir = feature_cache_dir
-    self._stages: Dict[str, Any] = {}
+    self._overwrite = overwrite
+    self._head_tuner: Optional[_HeadTuner] = None
+    self._best_head: Optional[Tuple[keras.Model, Dict[str, Any]]] = None
+    self._splits: Optional[Splits] = None
+    self.computed: Dict[str, float] = {}  # cache files computed, for the summary
 
   def search(self, *args, **kwargs):
-    started = time.time()
-    self.deadline = started + self._space.seconds if self._space.seconds else None
     hp = self._base_hp
-    base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
-    image_size = base.input_shape[1]
-    self._train_images = data.decoded_images(self._train_files, image_size)
-    self._eval_images = data.decoded_images(self._eval_files, image_size)
-    paths = [feature_cache.cache_path(self._feature_cache_dir, files, hp.backbone, hp.weights,
-                                      image_size)
-             for files in (self._train_files, self._eval_files)]
-    (train_x, train_y, train_computed), (eval_x, eval_y, eval_computed) = [
-        feature_cache.pooled_features(base, images, path, hp.batch_size)
-        for images, path in zip((self._train_images, self._eval_images), paths)]
-
-    head_tuner = _HeadTuner(train_x.shape[-1], self._num_classes, hp, self._space,
-                            self.deadline, directory=self.project_dir, project_name="heads",
-                            overwrite=True, seed=hp.seed)
-    head_tuner.search(train_x, train_y, validation_data=(eval_x, eval_y),
-                      epochs=self._space.head_epochs, batch_size=hp.batch_size, verbose=0,
-                      callbacks=[keras.callbacks.EarlyStopping(patience=hp.patience,
-                                                               restore_best_weights=True)])
-    best_trial = head_tuner.oracle.get_best_trials(1)[0]
-    self._best_head = head_tuner.load_model(best_trial)
-    self._head_values = best_trial.hyperparameters.values
-    self._head_score = best_trial.score
-    self._stages["heads"] = {"trials": _trial_rows(head_tuner),
-                             "feature_files_computed": train_computed + eval_computed,
-                             "seconds": round(time.time() - started, 1)}
-
-    depth_started = time.time()
+    self._splits = Splits(self._train_files, self._eval_files, hp, self._feature_cache_dir)
+    started = time.time()
+    (train_x, train_y), eval_data, computed = self._splits.pooled_features()
+    self.computed = {"feature_files_computed": computed,
+                     "feature_seconds": round(time.time() - started, 1),
+                     "activation_files_computed": 0}
+    with _oracle_port(0):
+      self._head_tuner = _HeadTuner(self.heads_oracle, train_x.shape[-1], self._num_classes, hp,
+                                    directory=self.directory, project_name=HEADS,
+                                    overwrite=self._overwrite)
+    self._head_tuner.search(train_x, train_y, validation_data=eval_data,
+                            epochs=self._space.head_epochs, batch_size=hp.batch_size, verbose=0,
+                            callbacks=[keras.callbacks.EarlyStopping(
+                                patience=hp.patience, restore_best_weights=True)])
     super().search(*args, **kwargs)
-    self._stages["depth"] = {"trials": _trial_rows(self),
-                             "seconds": round(time.time() - depth_started, 1)}
+
+  def _head(self) -> Tuple[keras.Model, Dict[str, Any]]:
+    """Stage 1's best head and its values, final: the depth oracle hands out no trial before
+    stage 1 has ended everywhere. Its checkpoint is in the shared tuning directory."""
+    if self._best_head is None:
+      trial = self._head_tuner.oracle.get_best_trials(1)[0]
+      self._best_head = self._head_tuner.load_model(trial), trial.hyperparameters.values
+    return self._best_head
 
   def run_trial(self, trial, *args, **kwargs):
+    """The best head fine-tuned with the top blocks unfrozen, as the Trainer's phase 2 does
+    it: on cached activations of the frozen bottom blocks, or on augmented images."""
+    started = time.time()
+    head, head_values = self._head()
     hp = trial.hyperparameters
-    for name, value in self._head_values.items():
+    for name, value in head_values.items():
       hp.Fixed(name, value)
-    blocks = hp.Choice("fine_tune_blocks", self._space.fine_tune_blocks)
-    learning_rate = hp.Float("fine_tune_learning_rate", *self._space.fine_tune_learning_rate,
-                             sampling="log")
-    if blocks == 0:  # feature extraction only: stage 1 already measured it
-      return {OBJECTIVE: self._head_score}
-    head = keras.models.clone_model(self._best_head)
-    head.set_weights(self._best_head.get_weights())
-    base = registry.build_base(self._base_hp.backbone, self._base_hp.weights,
-                               self._base_hp.image_size or None)
-    classifier = build_classifier(base, head)
+    blocks = hp.get("fine_tune_blocks")
+    head_copy = keras.models.clone_model(head)
+    head_copy.set_weights(head.get_weights())
+    base_hp = self._base_hp
+    base = registry.build_base(base_hp.backbone, base_hp.weights, base_hp.image_size or None)
     registry.unfreeze_top_blocks(base, blocks)
-    compile_for_training(classifier, learning_rate)
-    batch_size = self._base_hp.batch_size
-    history = classifier.fit(
-        data.batches(self._train_images, batch_size, training=True,
-                     augmentations=self._base_hp.augmentations, seed=self._base_hp.seed),
-        validation_data=data.batches(self._eval_images, batch_size, training=False),
-        epochs=self._space.depth_epochs, verbose=0)
-    return {OBJECTIVE: min(history.history[OBJECTIVE])}
+    if base_hp.fast_fine_tuning:
+      (train_a, train_y), (eval_a, eval_y), computed = self._splits.activations(blocks)
+      self.computed["activation_files_computed"] += computed
+      classifier = build_classifier(registry.split_at_top_blocks(base, blocks)[1], head_copy)
+      train_data = data.feature_batches(train_a, train_y, base_hp.batch_size, seed=base_hp.seed)
+      eval_data = data.feature_batches(eval_a, eval_y, base_hp.batch_size)
+    else:
+      classifier = build_classifier(base, head_copy)
+      train_images, eval_images = self._splits.images
+      train_data = data.batches(train_images, base_hp.batch_size, training=True,
+                                augmentations=base_hp.augmentations, seed=base_hp.seed)
+      eval_data = data.batches(eval_images, base_hp.batch_size, training=False)
+    compile_for_training(classifier, hp.get("fine_tune_learning_rate"))
+    classifier.jit_compile = False  # a few epochs never win back XLA's compile time
+    history = classifier.fit(train_data, validation_data=eval_data,
+                             epochs=self._space.depth_epochs, verbose=0)
+    return _best_epoch(history.history, started)
+
+  def get_best_hyperparameters(self, num_trials=1):
+    return [best_hyperparameters(self.heads_oracle, self.oracle)]
 
   def summary(self) -> Dict[str, Any]:
-    """Every trial of both stages, and whether fine-tuning beat feature extraction."""
-    best = self.get_best_hyperparameters()[0].values
-    depth_rows = self._stages["depth"]["trials"]
-    tuned = [row for row in depth_rows if row["hyperparameters"]["fine_tune_blocks"] > 0]
-    best_tuned = min(tuned, key=lambda row: row["score"], default=None)
-    return {"best_hyperparameters": best, "objective": OBJECTIVE, "stages": self._stages,
-            "feature_extraction_score": self._head_score,
-            "best_fine_tune_score": best_tuned and best_tuned["score"],
-            "fine_tuning_paid_off": bool(best_tuned and best_tuned["score"] < self._head_score)}
+    return summarize(self.heads_oracle, self.oracle, self.computed)
 
 
-def _trial_rows(tuner) -> List[Dict[str, Any]]:
-  rows = []
-  for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
-    rows.append({"trial": trial.trial_id, "status": trial.status, "score": trial.score,
-                 "hyperparameters": trial.hyperparameters.values,
-                 "seconds": tuner.trial_seconds.get(trial.trial_id)})
-  return rows
+def best_hyperparameters(heads: StageOracle, depth: StageOracle) -> keras_tuner.HyperParameters:
+  """What the Trainer gets: the best fine-tune trial if it beat feature extraction (the
+  best head), else the best head with fine_tune_blocks 0."""
+  head = heads.get_best_trials(1)[0]
+  tuned = [trial for trial in depth.get_best_trials(1) if trial.status == Status.COMPLETED]
+  if tuned and tuned[0].score < head.score:
+    return tuned[0].hyperparameters
+  chosen = head.hyperparameters.copy()
+  chosen.Fixed("fine_tune_blocks", 0)
+  return chosen
+
+
+def _metric(trial, name):
+  return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+
+
+def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
+  return [{"trial": trial.trial_id, "worker": oracle.workers.get(trial.trial_id),
+           "status": trial.status, "score": trial.score,
+           "val_accuracy": _metric(trial, "val_accuracy"), "seconds": _metric(trial, "seconds"),
+           "hyperparameters": trial.hyperparameters.values}
+          for trial in sorted(oracle.trials.values(), key=lambda t: t.trial_id)]
+
+
+def summarize(heads: StageOracle, depth: StageOracle,
+              computed: Dict[str, float]) -> Dict[str, Any]:
+  """Every trial of both stages, and whether fine-tuning beat feature extraction."""
+  head_rows, depth_rows = _trial_rows(heads), _trial_rows(depth)
+  best_head = min((row for row in head_rows if row["score"] is not None),
+                  key=lambda row: row["score"])
+  best_tuned = min((row for row in depth_rows if row["score"] is not None),
+                   key=lambda row: row["score"], default=None)
+  return {
+      "best_hyperparameters": best_hyperparameters(heads, depth).values,
+      "objective": OBJECTIVE,
+      "stages": {
+          HEADS: {"trials": head_rows, "seconds": heads.seconds,
+                  "feature_files_computed": computed["feature_files_computed"],
+                  "feature_seconds": computed["feature_seconds"]},
+          DEPTH: {"trials": depth_rows, "seconds": depth.seconds,
+                  "activation_files_computed": computed.get("activation_files_computed", 0)}},
+      "feature_extraction": {"score": best_head["score"],
+                             "val_accuracy": best_head["val_accuracy"]},
+      "best_fine_tune": best_tuned and {
+          "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
+          "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
+      "fine_tuning_paid_off": bool(best_tuned and best_tuned["score"] < best_head["score"]),
+  }
 
 
 def summary_table(summary: Dict[str, Any]) -> str:
-  """The summary as a table a person reads top to bottom."""
+  """The summary as a table a person reads top to bottom, best trial of each stage first."""
   lines = []
   for stage, content in summary["stages"].items():
-    lines.append(f"{stage} ({content['seconds']} s)")
-    for row in sorted(content["trials"], key=lambda r: (r["score"] is None, r["score"])):
+    cache = (f"pooled features: {content['feature_files_computed']} files computed, "
+             f"{content['feature_seconds']} s" if stage == HEADS else
+             f"bottom activations: {content['activation_files_computed']} files computed")
+    lines.append(f"{stage}: {len(content['trials'])} trials in {content['seconds']} s; {cache}")
+    lines.append(f"  {'trial':>5}  {'worker':8}  {OBJECTIVE:>8}  {'val_acc':>7}  {'seconds':>7}"
+                 f"  hyperparameters")
+    for row in sorted(content["trials"], key=lambda r: (r["score"] is None, r["score"] or 0)):
       values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row["hyperparameters"].items()))
-      score = "-" if row["score"] is None else f"{row['score']:.4f}"
-      lines.append(f"  trial {row['trial']:>4}  {OBJECTIVE} {score}  {values}")
-  verdict = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
-  lines.append(f"fine-tuning {verdict}: feature extraction {summary['feature_extraction_score']:.4f}"
-               f", best fine-tune {summary['best_fine_tune_score']}")
+      lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row['score']):>8}"
+                   f"  {_number(row['val_accuracy']):>7}  {_seconds(row['seconds']):>7}  "
+                   f"{values}{'' if row['status'] == Status.COMPLETED else ' ' + row['status']}")
+  lines.append(_verdict(summary))
   return "\n".join(lines)
+
+
+def _verdict(summary: Dict[str, Any]) -> str:
+  extraction = summary["feature_extraction"]
+  measured = (f"feature extraction {OBJECTIVE} {_number(extraction['score'])}, "
+              f"val_accuracy {_number(extraction['val_accuracy'])}")
+  tuned = summary["best_fine_tune"]
+  if not tuned:
+    return f"fine-tuning not tried (no depth trial ran): {measured}"
+  verdict = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
+  blocks = tuned["fine_tune_blocks"]
+  return (f"fine-tuning {verdict}: top {blocks} block{'s' * (blocks > 1)} unfrozen reached "
+          f"{OBJECTIVE} {_number(tuned['score'])}, val_accuracy "
+          f"{_number(tuned['val_accuracy'])}; {measured}")
+
+
+def _number(value):
+  return "-" if value is None else f"{value:.4f}"
+
+
+def _seconds(value):
+  return "-" if value is None else f"{value:.1f}"
 
 
 def _short(value):
   return f"{value:.2g}" if isinstance(value, float) else value
 
 
-def write_summary(tuner: TransferTuner, folder: str) -> None:
-  summary = tuner.summary()
+def write_summary(summary: Dict[str, Any], folder: str) -> None:
   tf.io.gfile.makedirs(folder)
   with tf.io.gfile.GFile(os.path.join(folder, "tuning_summary.json"), "w") as f:
     json.dump(summary, f, indent=2, default=str)

@@ -1,0 +1,123 @@
+"""`headswap tune` on tiny real TFRecords: the two-stage search in this process, then a chief
+with 2 worker processes on loopback sharing the feature cache."""
+
+import glob
+import os
+import socket
+
+import pytest
+
+from pipeline import cli
+from tests.conftest import read_json, write_class_folders
+from tests.examples import write_examples
+from tuning.search import SearchSpace
+
+BACKBONE = "efficientnet_lite0"
+SIZE = 64
+HEAD_TRIALS, DEPTH_TRIALS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+  """Tiny examples and the flags of a tiny search (ImageNet weights: features worth a head)."""
+  root = tmp_path_factory.mktemp("tuning")
+  examples = write_examples(write_class_folders(str(root / "images"), per_class=8),
+                            str(root / "examples"))
+  flags = ["--examples", examples, "--feature-cache", str(root / "cache"),
+           "--backbone", BACKBONE, "--image-size", str(SIZE),
+           "--batch-size", "8", "--augment", "", "--max-trials", str(HEAD_TRIALS),
+           "--depth-trials", str(DEPTH_TRIALS)]
+  return root, flags
+
+
+def _tune(job, name, *extra):
+  root, flags = job
+  output = str(root / name)
+  cli.main(["tune", *flags, "--output", output, *extra])
+  with open(os.path.join(output, "tuning_summary.txt")) as f:
+    return read_json(os.path.join(output, "tuning_summary.json")), f.read()
+
+
+@pytest.fixture(scope="module")
+def in_process(job):
+  return _tune(job, "in_process")
+
+
+@pytest.fixture(scope="module")
+def distributed(job, in_process):  # after in_process: the feature cache is filled
+  return _tune(job, "distributed", "--workers", "2")
+
+
+def _rows(summary):
+  return [row for stage in summary["stages"].values() for row in stage["trials"]]
+
+
+def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_process):
+  summary, table = in_process
+  heads, depth = summary["stages"]["heads"]["trials"], summary["stages"]["depth"]["trials"]
+  assert len(heads) == HEAD_TRIALS and len(depth) == DEPTH_TRIALS
+  for row in heads + depth:
+    assert row["status"] == "COMPLETED"
+    assert row["score"] > 0 and 0 <= row["val_accuracy"] <= 1 and row["seconds"] > 0
+    assert {"head_units", "dropout", "learning_rate"} <= set(row["hyperparameters"])
+    assert f"  {row['trial']:>5}  tuner0" in table
+  best_head = min(heads, key=lambda r: r["score"])["hyperparameters"]
+  for row in depth:  # fine-tuned the best head, its values fixed
+    assert row["hyperparameters"]["fine_tune_blocks"] >= 1
+    assert {k: row["hyperparameters"][k] for k in best_head} == best_head
+
+  extraction, tuned = summary["feature_extraction"], summary["best_fine_tune"]
+  assert extraction["score"] == min(row["score"] for row in heads)
+  assert tuned["score"] == min(row["score"] for row in depth)
+  paid_off = tuned["score"] < extraction["score"]
+  assert summary["fine_tuning_paid_off"] is paid_off
+  assert f"fine-tuning {'paid off' if paid_off else 'did not pay off'}" in table
+  best = summary["best_hyperparameters"]
+  assert best["fine_tune_blocks"] == (tuned["fine_tune_blocks"] if paid_off else 0)
+
+
+def test_features_are_computed_once_however_many_trials(job, in_process, distributed):
+  """Pooled features, and each depth's bottom activations, once per split: by the first
+  search, then by the supervisor for what was missing; its workers only read the cache."""
+  root, _ = job
+  first, second = in_process[0]["stages"], distributed[0]["stages"]
+  depths_tried = {row["hyperparameters"]["fine_tune_blocks"] for row in first["depth"]["trials"]}
+  every_depth = SearchSpace().fine_tune_blocks
+  assert first["heads"]["feature_files_computed"] == 2  # train and eval
+  assert first["depth"]["activation_files_computed"] == 2 * len(depths_tried)
+  assert second["heads"]["feature_files_computed"] == 0
+  assert second["depth"]["activation_files_computed"] == 2 * len(set(every_depth) - depths_tried)
+  for worker in distributed[0]["workers"].values():
+    with open(worker["log"]) as f:
+      assert "computing" not in f.read()  # trainer/feature_cache.py logs what it computes
+  assert len(glob.glob(str(root / "cache" / "*.npz"))) == 2 + 2 * len(every_depth)
+
+
+def test_distributed_search_splits_trials_between_workers(distributed):
+  summary, table = distributed
+  assert len(summary["stages"]["heads"]["trials"]) == HEAD_TRIALS
+  assert len(summary["stages"]["depth"]["trials"]) == DEPTH_TRIALS
+  assert all(row["status"] == "COMPLETED" for row in _rows(summary))
+  workers = summary["workers"]
+  assert set(workers) == {"tuner0", "tuner1"}
+  assert all(worker["exit_code"] == 0 and worker["trials"] >= 1 for worker in workers.values())
+  assert sum(worker["trials"] for worker in workers.values()) == HEAD_TRIALS + DEPTH_TRIALS
+  assert "tuner1" in table
+
+
+def test_distributed_search_stops_its_chief(job, distributed):
+  """Both stages' oracle ports are closed once the search is over."""
+  root, _ = job
+  heads_port = int(read_json(os.path.join(str(root / "distributed"),
+                                          "tuning_summary.json"))["chief"]["port"])
+  for port in (heads_port, heads_port + 1):
+    with socket.socket() as probe:
+      assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_bad_examples_folder_is_named(tmp_path):
+  empty = str(tmp_path / "not_examples")
+  os.makedirs(empty)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["tune", "--examples", empty, "--output", str(tmp_path / "out")])
+  assert "Split-train" in str(exit_info.value) and empty in str(exit_info.value)
