@@ -1,5 +1,6 @@
 """Beam executor of the image ExampleGen: files in, tf.Example splits and a report out."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ log = logging.getLogger("headswap")
 PROGRESS_EVERY = 500
 SKIPPED = "skipped"
 LISTING = "_headswap_listing"  # exec_properties key: listed once in Do, read by the transform
+DEFAULT_DIRECT_ARGS = ["--direct_running_mode=multi_threading",
+                       f"--direct_num_workers={os.cpu_count() or 1}"]
 
 
 def settings_from(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
@@ -122,6 +125,13 @@ class Executor(BaseExampleGenExecutor):
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     return _ImagesToExamples
 
+  def _make_beam_pipeline(self):
+    # PIL's decoder, gzip and sha256 release the GIL: unless told otherwise, the DirectRunner
+    # decodes on a thread per core, without worker processes that each import TensorFlow.
+    if not any(arg.startswith("--direct_") for arg in self._beam_pipeline_args):
+      self._beam_pipeline_args = [*self._beam_pipeline_args, *DEFAULT_DIRECT_ARGS]
+    return super()._make_beam_pipeline()
+
   def GenerateExamplesByBeam(self, pipeline, exec_properties):
     examples, skips = pipeline | "ImagesToExamples" >> self.GetInputSourceToExamplePTransform()(
         exec_properties, split_pattern=None)
@@ -130,7 +140,9 @@ class Executor(BaseExampleGenExecutor):
      | "AllSummaries" >> beam.combiners.ToList()
      | "WriteReport" >> beam.Map(
          _write_report, path=os.path.join(self._examples_uri, features.REPORT_FILE),
-         listing=exec_properties[LISTING], decode_skips=beam.pvalue.AsList(skips)))
+         # Without its candidates: Beam pickles this argument several times.
+         listing=dataclasses.replace(exec_properties[LISTING], candidates=[]),
+         decode_skips=beam.pvalue.AsList(skips)))
     return {
         split: (examples
                 | f"Select[{split}]" >> beam.Filter(lambda pair, s=split: pair[0] == s)
