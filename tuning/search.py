@@ -40,6 +40,7 @@ PORT_VARIABLE = "KERASTUNER_ORACLE_PORT"
 DEPTH_PORT_OFFSET = 1  # the depth stage's oracle listens next to the head stage's
 LONG_POLL_SECONDS = 20  # a tuner held back gets IDLE after this and asks again
 POLL_SECONDS = 0.1
+HEAD_STEPS_PER_EXECUTION = 64  # a head's step is tiny: Keras's per-step overhead would dominate
 Status = trial_module.TrialStatus
 
 
@@ -233,6 +234,7 @@ class _HeadTuner(keras_tuner.Tuner):
       head = build_head(feature_dim, num_classes, values)
       compile_for_training(head, values.learning_rate)
       head.jit_compile = False  # XLA's compile time is most of a trial this short
+      head.steps_per_execution = HEAD_STEPS_PER_EXECUTION
       return head
     super().__init__(oracle=oracle, hypermodel=build, **kwargs)
 
@@ -268,7 +270,7 @@ class TransferTuner(keras_tuner.Tuner):
     hp = self._base_hp
     self._splits = Splits(self._train_files, self._eval_files, hp, self._feature_cache_dir)
     started = time.time()
-    (train_x, train_y), eval_data, computed = self._splits.pooled_features()
+    (train_x, train_y), (eval_x, eval_y), computed = self._splits.pooled_features()
     self.computed = {"feature_files_computed": computed,
                      "feature_seconds": round(time.time() - started, 1),
                      "activation_files_computed": 0}
@@ -276,8 +278,9 @@ class TransferTuner(keras_tuner.Tuner):
       self._head_tuner = _HeadTuner(self.heads_oracle, train_x.shape[-1], self._num_classes, hp,
                                     directory=self.directory, project_name=HEADS,
                                     overwrite=self._overwrite)
-    self._head_tuner.search(train_x, train_y, validation_data=eval_data,
-                            epochs=self._space.head_epochs, batch_size=hp.batch_size, verbose=0,
+    self._head_tuner.search(data.feature_batches(train_x, train_y, hp.batch_size, seed=hp.seed),
+                            validation_data=data.feature_batches(eval_x, eval_y, hp.batch_size),
+                            epochs=self._space.head_epochs, verbose=0,
                             callbacks=[keras.callbacks.EarlyStopping(
                                 patience=hp.patience, restore_best_weights=True)])
     super().search(*args, **kwargs)
