@@ -1,4 +1,5 @@
-# Component image for Kubeflow Pipelines / Vertex AI Pipelines: TFX 1.16 + headswap.
+# Component image for Vertex AI Pipelines / Kubeflow Pipelines (and Dataflow's Beam workers):
+# TFX 1.16 + the pinned environment + headswap.
 #   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/headswap:TAG .
 #   headswap compile --target vertex --image REGION-docker.pkg.dev/PROJECT/REPO/headswap:TAG ...
 FROM tensorflow/tfx:1.16.0
@@ -8,6 +9,10 @@ COPY requirements.lock .
 # The same pins as the local environment, so a pipeline behaves the same everywhere.
 RUN python -m pip install --no-cache-dir "$(grep '^uv==' requirements.lock)" \
  && python -m uv pip install --system --no-cache -r requirements.lock
+
+# Beam's worker boot: the same image can be Dataflow's --sdk_container_image.
+COPY --from=apache/beam_python3.10_sdk:2.59.0 /opt/apache/beam /opt/apache/beam
+
 COPY setup.py README.md ./
 COPY components components
 COPY pipeline pipeline
@@ -16,3 +21,12 @@ COPY tuning tuning
 COPY evaluation evaluation
 COPY serving serving
 RUN python -m pip install --no-cache-dir --no-deps .
+
+# EfficientNet-Lite ImageNet weights converted once, here, not in every pipeline step.
+ENV HEADSWAP_CACHE_DIR=/opt/headswap-cache
+RUN python -c "from trainer.backbones import efficientnet_lite as lite; \
+[lite.imagenet_weights_file(name) for name in ('efficientnet_lite0', 'efficientnet_lite1', \
+'efficientnet_lite2')]"
+
+# Pipeline steps and Vertex training jobs name their own command; Dataflow starts this.
+ENTRYPOINT ["/opt/apache/beam/boot"]

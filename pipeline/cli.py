@@ -11,6 +11,7 @@ import sys
 
 from components.image_example_gen import sources
 from evaluation import cli as evaluation_cli
+from pipeline import remote_cli
 from serving import cli as serving_cli
 from trainer.backbones import cli as backbones_cli
 from tuning import cli as tuning_cli
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.set_defaults(func=cmd_run)
   # The other commands live with their stage; each module registers its own flags.
   evaluation_cli.register(commands)
+  remote_cli.register(commands)
   tuning_cli.register(commands)
   backbones_cli.register(commands)
   serving_cli.register(commands)

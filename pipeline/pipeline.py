@@ -18,6 +18,7 @@ import trainer
 import tuning
 from components import features
 from components.atomic_pusher import executor as atomic_pusher
+from pipeline import beam_args
 from components.image_example_gen.component import ImageExampleGen
 from components.image_example_gen.sources import DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS
 from tuning.component import Tuner as TransferTuner
@@ -42,6 +43,10 @@ class PipelineConfig:
   accuracy_threshold: float = 0.6  # the gate: a model below it is never pushed
   max_accuracy_drop: float = 0.01  # ... nor one this much worse than the last blessed model
   serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/
+  # Kubeflow/Vertex: steps run in the component image, so code is imported from the installed
+  # package (a local module path means nothing there) and artifacts may be gs:// URIs.
+  remote: bool = False
+  vertex_training: Optional[Any] = None  # pipeline.vertex_training.VertexTraining: Vertex jobs
 
   @property
   def feature_cache_dir(self) -> str:
@@ -51,6 +56,7 @@ class PipelineConfig:
 TRAINER_MODULE = os.path.join(os.path.dirname(trainer.__file__), "tfx_module",
                               "trainer_module.py")
 TUNER_MODULE = os.path.join(os.path.dirname(tuning.__file__), "tfx_module", "tuner_module.py")
+TRAINER_FN, TUNER_FN = "trainer.task.run_fn", "tuning.component.tuner_fn"  # the same, imported
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -62,10 +68,15 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
       examples=example_gen.outputs["examples"],
       # Raw image bytes make useless statistics: look at what a person can read.
       stats_options=tfdv.StatsOptions(feature_allowlist=features.READABLE))
+  if not beam_pipeline_args:  # given args apply to every step; else one process or many by size
+    for component in (example_gen, statistics_gen):
+      component.with_beam_pipeline_args(
+          beam_args.ingest_beam_args(config.data, config.tfds_data_dir, config.remote))
   schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
-      custom_validation_config=_every_class_present(config.num_classes))
+      # TFX 1.16's Kubeflow V2 compiler rejects proto-valued parameters: local runs only.
+      custom_validation_config=None if config.remote else _every_class_present(config.num_classes))
   nodes = [example_gen, statistics_gen, schema_gen, example_validator]
   if config.stages != "ingest":
     nodes += _training_nodes(config, example_gen, schema_gen)
@@ -82,15 +93,25 @@ def _training_nodes(config, example_gen, schema_gen):
                 eval_args=tfx.proto.EvalArgs(splits=[features.EVAL]))
   shared_config = {"hparams": config.hparams, "feature_cache_dir": config.feature_cache_dir,
                    "code_fingerprint": _code_fingerprint(trainer, tuning, components)}
+  trainer_class, tuner_class = tfx.components.Trainer, TransferTuner
+  trainer_jobs, tuner_jobs = {}, {}
+  if config.vertex_training:
+    from pipeline import vertex_training  # pylint: disable=import-outside-toplevel
+    trainer_class, tuner_class = vertex_training.Trainer, vertex_training.Tuner
+    trainer_jobs = config.vertex_training.trainer_config()
+    tuner_jobs = config.vertex_training.tuner_config()
+  trainer_code, tuner_code = dict(module_file=TRAINER_MODULE), dict(module_file=TUNER_MODULE)
+  if config.remote:
+    trainer_code, tuner_code = dict(run_fn=TRAINER_FN), dict(tuner_fn=TUNER_FN)
   nodes = []
   if config.tune:
-    tuner = TransferTuner(module_file=TUNER_MODULE, **splits,
-                          custom_config={**shared_config, "search_space": config.search_space})
+    tuner = tuner_class(**tuner_code, **splits, custom_config={
+        **shared_config, "search_space": config.search_space, **tuner_jobs})
     nodes.append(tuner)
-  trainer_component = tfx.components.Trainer(
-      module_file=TRAINER_MODULE, **splits,
+  trainer_component = trainer_class(
+      **trainer_code, **splits,
       hyperparameters=tuner.outputs["best_hyperparameters"] if config.tune else None,
-      custom_config=shared_config)
+      custom_config={**shared_config, **trainer_jobs})
   baseline = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=standard_artifacts.Model),
@@ -105,7 +126,9 @@ def _training_nodes(config, example_gen, schema_gen):
       model_blessing=evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)),
-      custom_executor_spec=executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
+      # The atomic publish renames on one local filesystem; TFX's Pusher also writes gs://.
+      custom_executor_spec=None if config.remote else executor_spec.ExecutorClassSpec(
+          atomic_pusher.Executor))
   nodes += [trainer_component, baseline, evaluator, pusher]
   if config.has_test_split:
     # Reported on its own: the eval split also steered early stopping and tuning.

@@ -34,7 +34,11 @@ def decoded_images(file_patterns: List[str], image_size: int) -> tf.data.Dataset
     pixels = preprocessing.decode_image(parsed[features.IMAGE], image_size)
     return tf.cast(tf.round(pixels), tf.uint8), parsed[features.LABEL]
 
-  return records.map(decode, num_parallel_calls=AUTOTUNE).cache()
+  # Across workers (MultiWorkerMirroredStrategy) shard examples, not files: ExampleGen may
+  # write fewer files than there are workers.
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return records.map(decode, num_parallel_calls=AUTOTUNE).cache().with_options(options)
 
 
 def replica_batch_size(file_patterns: List[str], batch_size: int, replicas: int) -> int:

@@ -29,8 +29,26 @@ def worker_count() -> int:
 def distribution_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
   """MultiWorkerMirroredStrategy across the workers of TF_CONFIG, else MirroredStrategy."""
   if worker_count() > 1:
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return KerasMultiWorkerMirroredStrategy()
   return mirrored_strategy(cpu_replicas)
+
+
+class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+  """MultiWorkerMirroredStrategy as Keras 3's fit calls it (keras-team/keras#20585).
+
+  Keras reduces its first (x, y) batch in one call and scalar metrics along axis 0;
+  TensorFlow's reduce fails on both, so each value is reduced alone, scalars over replicas.
+  """
+
+  def reduce(self, reduce_op, value, axis):
+    reduce = super().reduce
+
+    def reduce_one(per_replica):
+      first = (per_replica.values[0]
+               if isinstance(per_replica, tf.distribute.DistributedValues) else per_replica)
+      return reduce(reduce_op, per_replica, axis if first.shape.rank else None)
+
+    return tf.nest.map_structure(reduce_one, value)
 
 
 def mirrored_strategy(cpu_replicas: int = 1) -> tf.distribute.MirroredStrategy:

@@ -1,0 +1,289 @@
+"""Beyond one machine, as far as one machine allows: the Kubeflow/Vertex spec, Beam across
+processes, two loopback workers under MultiWorkerMirroredStrategy, and a submit without
+credentials. Real TFX compiler, Beam, TensorFlow and google-auth; nothing mocked."""
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
+
+from pipeline import beam_args, cli
+from pipeline.pipeline import PipelineConfig, create_pipeline
+from tests.conftest import read_examples, run_ingest, write_class_folders
+from tests.examples import write_examples
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = "europe-west4-docker.pkg.dev/proj/repo/headswap:test"
+ROOT = "gs://bucket/headswap-root"
+PIPELINE_FLAGS = ["--name", "pets", "--image-size", "64", "--epochs", "3", "--max-trials", "2",
+                  "--accuracy-threshold", "0.8"]
+VERTEX_JOBS = ["--vertex-jobs", "--project", "proj", "--region", "europe-west4",
+               "--machine-type", "n1-highmem-8", "--accelerator-type", "NVIDIA_TESLA_T4",
+               "--accelerator-count", "2", "--workers", "3"]
+MULTI_PROCESS = "--direct_running_mode=multi_processing --direct_num_workers=2"
+DATAFLOW = ("--runner=DataflowRunner --project=proj --region=europe-west4 "
+            "--temp_location=gs://bucket/tmp")
+WORKER_TIMEOUT_S = 900
+RESULT_MARK = "WORKER_RESULT "
+WORKER_CODE = ("import sys; from tests.test_scale import train_one_worker; "
+               "train_one_worker(*sys.argv[1:])")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("scale_data")
+  write_class_folders(str(root / "train"), per_class=6, seed=11)
+  write_class_folders(str(root / "test"), per_class=2, seed=12)
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def specs(data, tmp_path_factory):
+  """{target: path} of the pipeline compiled by `headswap compile`, and the local pipeline."""
+  folder = tmp_path_factory.mktemp("specs")
+  paths = {"vertex": str(folder / "pipeline.json"), "kubeflow": str(folder / "pipeline.yaml")}
+  common = ["--data", data, *PIPELINE_FLAGS, "--pipeline-root", ROOT, "--image", IMAGE]
+  cli.main(["compile", "--target", "vertex", "--output", paths["vertex"], *common, *VERTEX_JOBS])
+  cli.main(["compile", "--target", "kubeflow", "--output", paths["kubeflow"], *common,
+            f"--beam-args={DATAFLOW}"])
+  # What `headswap run` with the same flags would run here, writing to the same root.
+  run_args = cli.build_parser().parse_args(["run", "--data", data, *PIPELINE_FLAGS])
+  local = cli._config(run_args, "all")  # pylint: disable=protected-access
+  return paths, create_pipeline(dataclasses.replace(local, root=ROOT,
+                                                    serving_dir=f"{ROOT}/serving/pets"))
+
+
+def _parse(path, message):
+  with open(path) as f:
+    return json_format.ParseDict(yaml.safe_load(f), message)  # JSON is YAML too
+
+
+def _constant(parameter):
+  """The Python value of a task's constant input parameter."""
+  value = parameter.runtime_value.constant_value
+  return getattr(value, value.WhichOneof("value"))
+
+
+def _task_parameters(spec, task):
+  return {name: _constant(p) for name, p in spec.root.dag.tasks[task].inputs.parameters.items()}
+
+
+def _container(spec, task):
+  executor = spec.components[spec.root.dag.tasks[task].component_ref.name].executor_label
+  return spec.deployment_spec.fields["executors"].struct_value.fields[executor]
+
+
+def test_compiled_spec_holds_the_local_pipeline_its_parameters_image_and_root(specs):
+  paths, local = specs
+  job = _parse(paths["vertex"], pipeline_spec_pb2.PipelineJob())
+  spec = json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec),
+                               pipeline_spec_pb2.PipelineSpec())
+  assert job.runtime_config.gcs_output_directory == ROOT
+  assert spec.pipeline_info.name == "pets"
+  # The resolver of the last blessed model compiles to one task per output.
+  assert {task.split("-")[0] for task in spec.root.dag.tasks} == {c.id for c in local.components}
+
+  remote_only = {"Trainer": ("run_fn", "module_file"), "Tuner": ("tuner_fn", "module_file")}
+  for component in local.components:
+    if component.id == "LatestBlessedModelResolver":
+      continue
+    compiled = _task_parameters(spec, component.id)
+    expected = {name: value for name, value in component.exec_properties.items()
+                if value is not None}
+    if component.id in remote_only:  # a container imports the code: no local module path
+      remote_name, local_name = remote_only[component.id]
+      function = compiled.pop(remote_name)
+      module, name = function.rsplit(".", 1)
+      assert callable(getattr(importlib.import_module(module), name))
+      expected.pop(local_name)
+      jobs = json.loads(compiled.pop("custom_config"))
+      local_config = json.loads(expected.pop("custom_config"))
+      assert jobs.pop("ai_platform_enable_vertex") is True
+      assert jobs.pop("ai_platform_vertex_region") == "europe-west4"
+      pools = jobs.pop("ai_platform_training_args")["job_spec"]["worker_pool_specs"]
+      assert jobs == local_config
+      assert [pool["replica_count"] for pool in pools] == ([1, 2] if component.id == "Trainer"
+                                                          else [1])
+      for pool in pools:
+        assert pool["container_spec"]["image_uri"] == IMAGE
+        assert pool["machine_spec"] == {"machine_type": "n1-highmem-8",
+                                        "accelerator_type": "NVIDIA_TESLA_T4",
+                                        "accelerator_count": 2}
+    if component.id == "ExampleValidator":  # TFX 1.16's V2 compiler takes no proto values
+      expected.pop("custom_validation_config")
+    assert compiled == expected, component.id
+
+  for task in spec.root.dag.tasks:
+    container = _container(spec, task).struct_value.fields.get("container")
+    if container is None:  # the resolvers run inside Vertex itself
+      continue
+    assert container.struct_value.fields["image"].string_value == IMAGE
+    arguments = [value.string_value for value in container.struct_value.fields["args"].list_value
+                 .values]
+    module, name = arguments[arguments.index("--executor_class_path") + 1].rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name), task
+
+
+def test_kubeflow_spec_is_the_same_pipeline_spec_with_its_root(specs):
+  paths, _ = specs
+  kubeflow = _parse(paths["kubeflow"], pipeline_spec_pb2.PipelineSpec())
+  vertex = _parse(paths["vertex"], pipeline_spec_pb2.PipelineJob()).pipeline_spec
+  assert kubeflow.default_pipeline_root == ROOT
+  assert set(kubeflow.root.dag.tasks) == set(vertex["root"]["dag"]["tasks"].keys())
+  # Without --vertex-jobs the Trainer runs in its pipeline step, with TFX's own executor.
+  trainer = _container(kubeflow, "Trainer").struct_value.fields["container"].struct_value
+  assert "tfx.components.trainer.executor.GenericExecutor" in [
+      value.string_value for value in trainer.fields["args"].list_value.values]
+  assert "ai_platform_training_args" not in _task_parameters(kubeflow, "Trainer")["custom_config"]
+  for task in ("ImageExampleGen", "StatisticsGen", "Evaluator", "TestEvaluator"):  # Beam's steps
+    container = _container(kubeflow, task).struct_value.fields["container"].struct_value
+    arguments = [value.string_value for value in container.fields["args"].list_value.values]
+    assert arguments[-len(DATAFLOW.split()):] == DATAFLOW.split(), task
+
+
+def test_ingest_is_multi_process_by_default_only_for_large_data(tmp_path):
+  small = write_class_folders(str(tmp_path / "small"), per_class=2)
+  large = tmp_path / "large"
+  for name in ("cats", "dogs"):
+    (large / name).mkdir(parents=True)
+    for i in range(beam_args.MULTI_PROCESS_MIN_IMAGES // 2):
+      (large / name / f"{i}.jpg").touch()  # only counted, never read
+
+  def beam_steps(data, given=None):
+    config = PipelineConfig(name="pets", root=str(tmp_path / "root"), data=data, stages="ingest")
+    return {c.id: c.executor_spec.beam_pipeline_args
+            for c in create_pipeline(config, beam_pipeline_args=given).components
+            if isinstance(c.executor_spec, BeamExecutorSpec)}
+
+  assert beam_steps(small) == {"ImageExampleGen": [], "StatisticsGen": []}
+  assert beam_steps(str(large)) == {"ImageExampleGen": beam_args.MULTI_PROCESS,
+                                    "StatisticsGen": beam_args.MULTI_PROCESS}
+  given = ["--direct_running_mode=in_memory"]
+  assert beam_steps(str(large), given) == {"ImageExampleGen": given, "StatisticsGen": given}
+
+
+def test_multi_process_beam_ingests_the_same_examples_and_statistics(data, tmp_path, caplog):
+  import tensorflow_data_validation as tfdv
+
+  caplog.set_level(logging.INFO, logger="apache_beam.runners.portability.fn_api_runner")
+  single = run_ingest(data, tmp_path / "single", "--beam-args=--direct_running_mode=in_memory")
+  assert "starting control server" not in caplog.text
+  multi = run_ingest(data, tmp_path / "multi", f"--beam-args={MULTI_PROCESS}")
+  assert "starting control server" in caplog.text  # the gRPC link to the worker processes
+
+  def by_file(uri):
+    return {split: sorted(rows, key=lambda row: row["filename"])
+            for split, rows in read_examples(uri).items()}
+
+  examples = by_file(single["ImageExampleGen.examples"])
+  assert sorted(examples) == ["eval", "test", "train"]
+  assert by_file(multi["ImageExampleGen.examples"]) == examples
+
+  def statistics(uri):
+    summary = {}
+    for split in examples:
+      stats = tfdv.load_stats_binary(os.path.join(uri, f"Split-{split}", "FeatureStats.pb"))
+      dataset, = stats.datasets
+      summary[split] = (dataset.num_examples, sorted(
+          (str(feature.path.step), feature.string_stats.unique, feature.num_stats.min,
+           feature.num_stats.max) for feature in dataset.features))
+    return summary
+
+  assert statistics(multi["StatisticsGen.statistics"]) == statistics(
+      single["StatisticsGen.statistics"])
+
+
+def train_one_worker(examples, run_dir):
+  """One worker of the loopback cluster (TF_CONFIG set by the test); prints what it did."""
+  import numpy as np
+  import tensorflow as tf
+
+  from trainer import train
+  from trainer.hparams import HParams
+
+  hp = HParams(image_size=32, epochs=2, learning_rate=1e-2, fine_tune_blocks=0, batch_size=4,
+               augment="", fast_feature_extraction=False)
+  run = train.train([os.path.join(examples, "Split-train", "*")],
+                    [os.path.join(examples, "Split-eval", "*")], 2, hp,
+                    os.path.join(run_dir, "cache"), run_dir)
+  print(RESULT_MARK + json.dumps({
+      "multi_worker": isinstance(run.classifier.distribute_strategy,
+                                 tf.distribute.MultiWorkerMirroredStrategy),
+      "replicas": run.summary["replicas"],
+      "steps": int(run.classifier.optimizer.iterations.numpy()),
+      "history": run.history,
+      "weights_sum": float(sum(np.sum(w) for w in run.classifier.get_weights()))}), flush=True)
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_loopback_workers_train_together_under_multi_worker_mirrored(tmp_path):
+  images = write_class_folders(str(tmp_path / "images"), per_class=8, seed=13, size=32)
+  examples = write_examples(images, str(tmp_path / "examples"))
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+  workers = []
+  for index in range(2):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_CONFIG": json.dumps({"cluster": cluster,
+                                    "task": {"type": "worker", "index": index}})}
+    workers.append(subprocess.Popen(
+        [sys.executable, "-c", WORKER_CODE, examples, str(tmp_path / f"run{index}")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = []
+  try:
+    for worker in workers:
+      outputs.append(worker.communicate(timeout=WORKER_TIMEOUT_S)[0])
+  finally:
+    for worker in workers:
+      worker.kill()
+  results = []
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-3000:]
+    results.append(json.loads(output.split(RESULT_MARK)[-1]))
+  chief, other = results
+  assert chief["multi_worker"] and other["multi_worker"]
+  assert chief["replicas"] == other["replicas"] == 2
+  assert chief["steps"] == other["steps"] > 0  # in lockstep
+  losses = [row["loss"] for row in chief["history"]]
+  assert len(losses) == 2 and losses[1] < losses[0]  # it learned
+  assert chief["history"] == other["history"]  # metrics all-reduced over both workers
+  assert chief["weights_sum"] == pytest.approx(other["weights_sum"], rel=1e-6)  # in sync
+
+
+def test_submit_without_credentials_fails_fast_with_a_clear_message(specs, tmp_path):
+  paths, _ = specs
+  home = str(tmp_path / "home")
+  env = {key: value for key, value in os.environ.items()
+         if key not in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")}
+  # No key file, no gcloud login, no metadata server (port 9 refuses at once).
+  env.update(HOME=home, CLOUDSDK_CONFIG=os.path.join(home, "gcloud"),
+             GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9")
+  started = time.time()
+  result = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", "--spec",
+                           paths["vertex"], "--project", "proj", "--region", "europe-west4"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "headswap submit: no Google Cloud credentials" in result.stderr
+  assert "gcloud auth application-default login" in result.stderr
+  assert "Traceback" not in result.stderr
+  # No retry loop: google-cloud clients retry unreachable endpoints for minutes.
+  assert time.time() - started < 120
