@@ -159,7 +159,8 @@ def main():
   command = [sys.executable, "-m", "pipeline.cli", "run", "--data", args.data, "--output", output,
              *headswap_flags]
   run = run_measured(command, os.path.join(logs, "headswap"), args.timeout)
-  report = {"benchmark": "headswap run", "command": " ".join(command[1:]), "output": output}
+  report = {"benchmark": "headswap run", "command": "headswap " + " ".join(command[3:]),
+            "output": output}
   if run.returncode:
     report.update(error=f"headswap run exited with {run.returncode}", log=run.log_tail())
   else:
@@ -171,7 +172,8 @@ def main():
       report["wall_ratio_headswap_over_seed"] = round(run.wall_seconds / seed_wall, 3)
       report["cpu_ratio_headswap_over_seed"] = round(
           run.cpu_seconds / report["seed"]["cpu_seconds"], 3)
-  report["targets_met"] = targets_met(report)
+  # The time target compares with the tutorial as written, not a shortened one.
+  report["targets_met"] = targets_met(report, full_seed=args.seed_epochs is None)
   report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
   failed = run.returncode or "error" in report.get("seed", {})
@@ -183,14 +185,14 @@ def main():
   sys.exit(1 if failed else 0)
 
 
-def targets_met(report):
+def targets_met(report, full_seed):
   met = {}
   if report.get("test_accuracy") is not None:
     met["test_accuracy_ge_0.993"] = report["test_accuracy"] >= TARGETS["test_accuracy"]
   if "memory" in report:
     met["peak_memory_le_6gib"] = (report["memory"]["peak_tree_rss_gib"]
                                   <= TARGETS["peak_memory_gib"])
-  if "wall_ratio_headswap_over_seed" in report:
+  if "wall_ratio_headswap_over_seed" in report and full_seed:
     met["wall_le_half_of_seed"] = (report["wall_ratio_headswap_over_seed"]
                                    <= TARGETS["wall_ratio_vs_seed"])
   return met
