@@ -37,6 +37,9 @@ def compile_spec(config: "PipelineConfig", image: str, output: str, target: str 
   if not PIPELINE_NAME.fullmatch(config.name):
     raise ValueError(f"pipeline name {config.name!r} must match [a-z0-9][a-z0-9-]* "
                      "(lower-case letters, digits and dashes); pass --name")
+  if target == KUBEFLOW and not output.endswith((".yaml", ".yml")):
+    raise ValueError(f"--output {output!r}: Kubeflow Pipelines uploads .yaml files "
+                     "(e.g. pipeline.yaml)")
   if config.vertex_training and target != VERTEX:
     raise ValueError("Vertex AI training jobs need --target vertex")
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -157,20 +158,26 @@ def test_ingest_is_multi_process_by_default_only_for_large_data(tmp_path):
   large = tmp_path / "large"
   for name in ("cats", "dogs"):
     (large / name).mkdir(parents=True)
-    for i in range(beam_args.MULTI_PROCESS_MIN_IMAGES // 2):
-      (large / name / f"{i}.jpg").touch()  # only counted, never read
+  threshold = math.ceil(beam_args.multi_process_min_images(beam_args.REMOTE_CORES))
+  for i in range(threshold):
+    (large / ("cats", "dogs")[i % 2] / f"{i}.jpg").touch()  # only counted, never read
 
-  def beam_steps(data, given=None):
-    config = PipelineConfig(name="pets", root=str(tmp_path / "root"), data=data, stages="ingest")
+  def beam_steps(data, given=None, remote=False):
+    config = PipelineConfig(name="pets", root=str(tmp_path / "root"), data=data,
+                            stages="ingest", remote=remote)
     return {c.id: c.executor_spec.beam_pipeline_args
             for c in create_pipeline(config, beam_pipeline_args=given).components
             if isinstance(c.executor_spec, BeamExecutorSpec)}
 
-  assert beam_steps(small) == {"ImageExampleGen": [], "StatisticsGen": []}
-  assert beam_steps(str(large)) == {"ImageExampleGen": beam_args.MULTI_PROCESS,
-                                    "StatisticsGen": beam_args.MULTI_PROCESS}
+  in_process = {"ImageExampleGen": [], "StatisticsGen": []}
+  assert beam_steps(small) == in_process
+  assert beam_steps(str(large), remote=True) == {"ImageExampleGen": beam_args.MULTI_PROCESS,
+                                                 "StatisticsGen": beam_args.MULTI_PROCESS}
   given = ["--direct_running_mode=in_memory"]
-  assert beam_steps(str(large), given) == {"ImageExampleGen": given, "StatisticsGen": given}
+  assert beam_steps(str(large), given, remote=True) == {"ImageExampleGen": given,
+                                                        "StatisticsGen": given}
+  (large / "cats" / "0.jpg").unlink()
+  assert beam_steps(str(large), remote=True) == in_process
 
 
 def test_multi_process_beam_ingests_the_same_examples_and_statistics(data, tmp_path, caplog):
