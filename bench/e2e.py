@@ -15,6 +15,7 @@ Numbers from a machine shared with other work are inflated: quote them with the 
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -66,7 +67,8 @@ def test_metrics(evaluation_uri, class_names):
   overall = next(m for m in tfma.load_metrics(evaluation_uri) if not m.slice_key.single_slice_keys)
   result = {"per_class": {name: {} for name in class_names}}
   for entry in overall.metric_keys_and_values:
-    value = round(entry.value.double_value.value, 4)
+    value = entry.value.double_value.value
+    value = None if math.isnan(value) else round(value, 4)  # NaN: a class never predicted
     if entry.key.sub_key.HasField("class_id"):
       result["per_class"][class_names[entry.key.sub_key.class_id.value]][entry.key.name] = value
     else:
