@@ -26,6 +26,15 @@ def worker_count() -> int:
   return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def is_chief() -> bool:
+  """Whether this process writes the results: the chief, or worker 0 when TF_CONFIG has none."""
+  config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+  task = config.get("task", {})
+  if config.get("cluster", {}).get("chief"):
+    return task.get("type") == "chief"
+  return task.get("index", 0) == 0
+
+
 def distribution_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
   """MultiWorkerMirroredStrategy across the workers of TF_CONFIG, else MirroredStrategy."""
   if worker_count() > 1:

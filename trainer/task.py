@@ -11,6 +11,7 @@ from tfx import v1 as tfx
 from trainer import data, plots
 from trainer.export import export_classifier
 from trainer.hparams import HParams
+from trainer.strategy import is_chief
 from trainer.train import train
 
 log = logging.getLogger("headswap")
@@ -28,6 +29,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   log.info("training %d classes with %s", len(class_names), hp.to_json())
   run = train(fn_args.train_files, fn_args.eval_files, len(class_names), hp,
               config["feature_cache_dir"], fn_args.model_run_dir)
+  if not is_chief():  # the workers trained in lockstep; one of them writes the results
+    return
   export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   for name, value in ((HISTORY_FILE, run.history), (SUMMARY_FILE, run.summary)):
