@@ -10,7 +10,7 @@ import tensorflow as tf
 from components import features
 from tests.conftest import write_class_folders
 from tests.examples import write_examples
-from trainer import export, train
+from trainer import data, export, feature_cache, train
 from trainer.backbones import registry
 from trainer.hparams import HParams
 
@@ -59,6 +59,30 @@ def test_frozen_phase_changes_no_base_weight(examples, initial_weights, tmp_path
   before = _weights_of(registry.build_base(BACKBONE, initial_weights, SIZE))
   assert [row["phase"] for row in run.history] == ["frozen"]
   assert all(np.array_equal(before[name], after[name]) for name in before)
+
+
+def test_outputs_from_one_pass_to_the_deepest_cut_equal_direct_ones(examples, initial_weights,
+                                                                     tmp_path):
+  """Pooled features and a shallower cut's activations computed from the deepest cut's
+  activations are what the base gives straight from the images."""
+  base = registry.build_base(BACKBONE, initial_weights, SIZE)
+  splits = [([os.path.join(examples, "Split-eval", "*")],
+             data.decoded_images([os.path.join(examples, "Split-eval", "*")], SIZE))]
+
+  def outputs(deepest_cut, cache):
+    return feature_cache.FrozenOutputs(base, splits, str(tmp_path / cache), BACKBONE,
+                                       initial_weights, 8, deepest_cut)
+
+  chained, direct = outputs(3, "chained"), outputs(0, "direct")
+  for chained_split, direct_split in ((chained.pooled_features(), direct.pooled_features()),
+                                      (chained.activations(1), direct.activations(1))):
+    (chained_x, chained_y), = chained_split
+    (direct_x, direct_y), = direct_split
+    np.testing.assert_array_equal(chained_y, direct_y)
+    np.testing.assert_allclose(chained_x, direct_x, rtol=1e-4, atol=1e-4)
+  # One pass over the images: top3 (from the images), then pooled and top1 from top3.
+  assert chained.computed == {feature_cache.POOLED: 1, feature_cache.ACTIVATIONS: 2}
+  assert direct.computed == {feature_cache.POOLED: 1, feature_cache.ACTIVATIONS: 1}
 
 
 @pytest.mark.parametrize("on_cached_activations", [True, False])

@@ -78,15 +78,17 @@ def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_proce
 
 def test_features_are_computed_once_however_many_trials(job, in_process, distributed):
   """Pooled features, and each depth's bottom activations, once per split: by the first
-  search, then by the supervisor for what was missing; its workers only read the cache."""
+  search (the deepest cut's with the pooled features, from one pass over the images), then
+  by the supervisor for what was missing; its workers only read the cache."""
   root, _ = job
   first, second = in_process[0]["stages"], distributed[0]["stages"]
-  depths_tried = {row["hyperparameters"]["fine_tune_blocks"] for row in first["depth"]["trials"]}
   every_depth = SearchSpace().fine_tune_blocks
+  first_depths = {max(every_depth)} | {
+      row["hyperparameters"]["fine_tune_blocks"] for row in first["depth"]["trials"]}
   assert first["heads"]["feature_files_computed"] == 2  # train and eval
-  assert first["depth"]["activation_files_computed"] == 2 * len(depths_tried)
+  assert first["depth"]["activation_files_computed"] == 2 * len(first_depths)
   assert second["heads"]["feature_files_computed"] == 0
-  assert second["depth"]["activation_files_computed"] == 2 * len(set(every_depth) - depths_tried)
+  assert second["depth"]["activation_files_computed"] == 2 * len(set(every_depth) - first_depths)
   for worker in distributed[0]["workers"].values():
     with open(worker["log"]) as f:
       assert "computing" not in f.read()  # trainer/feature_cache.py logs what it computes

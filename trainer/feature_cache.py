@@ -1,22 +1,26 @@
-"""Pooled features of the frozen base, computed once per dataset and backbone and shared.
+"""Outputs of the frozen base, computed once per dataset and backbone and shared.
 
-The Trainer's fast path and every Tuner trial read the same cache file, so the base runs
-over the images once however many heads are trained on top of it.
+The Trainer's fast paths and every Tuner trial read the same cache files, so the base runs
+over the images once however many heads and fine-tune depths are trained on top of it.
 """
 
 import hashlib
 import io
 import logging
 import os
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from trainer import data
+from trainer.backbones import registry
 
 log = logging.getLogger("headswap")
+
+Outputs = Tuple[np.ndarray, np.ndarray]  # (outputs [N, ...], labels [N])
+POOLED, ACTIVATIONS = "pooled", "activations"
 
 
 def cache_path(cache_dir: str, file_patterns: List[str], backbone: str, weights: str,
@@ -30,23 +34,70 @@ def cache_path(cache_dir: str, file_patterns: List[str], backbone: str, weights:
   return os.path.join(cache_dir, digest.hexdigest()[:24] + ".npz")
 
 
-def pooled_features(base: keras.Model, images: tf.data.Dataset, path: str,
-                    batch_size: int = 32) -> Tuple[np.ndarray, np.ndarray, bool]:
-  """(outputs [N, ...], labels [N], computed now?) of the frozen `base` (or of the bottom
-  part of it, see registry.split_at_top_blocks) over `images` (decoded, see data.py), read
-  from or written to the cache file `path`."""
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, "rb") as f:
-      cached = np.load(io.BytesIO(f.read()))
-      return cached["features"], cached["labels"], False
-  log.info("computing %s outputs once, into %s", base.name, path)
-  extract = tf.function(lambda pixels: base(pixels, training=False))
+class FrozenOutputs:
+  """Per split, the frozen base's pooled features and its activations where the top k blocks
+  begin (what fine-tuning on cached activations trains from), each read from or written to
+  the cache.
+
+  The images go through the base once, up to the deepest cut asked for (`deepest_cut`); the
+  pooled features and the shallower cuts follow from those activations through the blocks
+  above it, a small share of the compute. `splits` pairs each split's file patterns with its
+  decoded images (data.decoded_images)."""
+
+  def __init__(self, base: keras.Model, splits: List[Tuple[List[str], tf.data.Dataset]],
+               cache_dir: str, backbone: str, weights: str, batch_size: int,
+               deepest_cut: int = 0):
+    self._base = base
+    self._splits = splits
+    self._cache_dir = cache_dir
+    self._key = (backbone, weights, base.input_shape[1])
+    self._batch_size = batch_size
+    self._deepest = deepest_cut
+    self.computed: Dict[str, int] = {POOLED: 0, ACTIVATIONS: 0}  # cache files written
+
+  def pooled_features(self) -> List[Outputs]:
+    """(features, labels) per split."""
+    return [self._split_outputs(split, 0) for split in range(len(self._splits))]
+
+  def activations(self, blocks: int) -> List[Outputs]:
+    """(input of the top `blocks` blocks, labels) per split."""
+    if not blocks:
+      raise ValueError("activations are cut below at least one block")
+    return [self._split_outputs(split, blocks) for split in range(len(self._splits))]
+
+  def _split_outputs(self, split: int, blocks: int) -> Outputs:
+    files, images = self._splits[split]
+    path = cache_path(self._cache_dir, files, *self._key, f"top{blocks}" if blocks else "")
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path, "rb") as f:
+        cached = np.load(io.BytesIO(f.read()))
+        return cached["features"], cached["labels"]
+    end = registry.top_blocks_input(self._base, blocks)
+    if blocks < self._deepest:
+      below = self._split_outputs(split, self._deepest)
+      part = keras.Model(registry.top_blocks_input(self._base, self._deepest), end)
+      batches = data.feature_batches(*below, self._batch_size)
+    else:
+      part = keras.Model(self._base.input, end)
+      batches = data.batches(images, self._batch_size, training=False)
+    log.info("computing %s outputs %s once, into %s", self._base.name,
+             f"below its top {blocks} blocks" if blocks else "(pooled)", path)
+    features, labels = _run(part, batches)
+    _write(path, features, labels)
+    self.computed[ACTIVATIONS if blocks else POOLED] += 1
+    return features, labels
+
+
+def _run(part: keras.Model, batches: tf.data.Dataset) -> Outputs:
+  extract = tf.function(lambda inputs: part(inputs, training=False))
   feature_batches, label_batches = [], []
-  for pixels, labels in data.batches(images, batch_size, training=False):
-    feature_batches.append(extract(pixels).numpy())
+  for inputs, labels in batches:
+    feature_batches.append(extract(inputs).numpy())
     label_batches.append(labels.numpy())
-  features = np.concatenate(feature_batches)
-  labels = np.concatenate(label_batches)
+  return np.concatenate(feature_batches), np.concatenate(label_batches)
+
+
+def _write(path: str, features: np.ndarray, labels: np.ndarray) -> None:
   tf.io.gfile.makedirs(os.path.dirname(path))
   buffer = io.BytesIO()
   np.savez(buffer, features=features, labels=labels)
@@ -54,4 +105,3 @@ def pooled_features(base: keras.Model, images: tf.data.Dataset, path: str,
   with tf.io.gfile.GFile(temporary, "wb") as f:
     f.write(buffer.getvalue())
   tf.io.gfile.rename(temporary, path, overwrite=True)  # readers never see a half-written file
-  return features, labels, True

@@ -48,14 +48,11 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     return data.batches(train_images, train_batch, training=True,
                         augmentations=hp.augmentations, seed=hp.seed)
 
-  def cached_outputs(frozen_part, cut=""):
-    """The frozen part's outputs over both splits, from the shared cache."""
-    outputs = [feature_cache.pooled_features(
-        frozen_part, images, feature_cache.cache_path(feature_cache_dir, files, hp.backbone,
-                                                      hp.weights, image_size, cut),
-        global_batch) for files, images in ((train_files, train_images),
-                                            (eval_files, eval_images))]
-    return outputs[0][:2], outputs[1][:2], int(outputs[0][2]) + int(outputs[1][2])
+  # With both fast paths the images go through the base once, to the fine-tuning cut.
+  deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0
+  frozen_outputs = feature_cache.FrozenOutputs(
+      base, [(train_files, train_images), (eval_files, eval_images)], feature_cache_dir,
+      hp.backbone, hp.weights, global_batch, deepest_cut)
 
   def callbacks(phase):
     chosen = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
@@ -69,7 +66,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   started = time.time()
   if hp.fast_feature_extraction:
     # The frozen base gives the same features every epoch: compute them once.
-    (train_x, train_y), (eval_x, eval_y), computed = cached_outputs(base)
+    (train_x, train_y), (eval_x, eval_y) = frozen_outputs.pooled_features()
     with strategy.scope():
       compile_for_training(head, hp.learning_rate)
     frozen = head.fit(data.feature_batches(train_x, train_y, train_batch, seed=hp.seed),
@@ -83,14 +80,13 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       compile_for_training(classifier, hp.learning_rate)
     frozen = classifier.fit(train_batches(), validation_data=eval_batches, epochs=hp.epochs,
                             callbacks=callbacks(FROZEN), verbose=2)
-    computed = 0
   history = _rows(frozen, FROZEN, first_epoch=0)
   summary = {"replicas": replicas, "global_batch_size": global_batch,
              "image_size": image_size, "hparams": dataclasses.asdict(hp),
              "frozen": {"epochs": len(history), "seconds": round(time.time() - started, 1),
                         "best_val_loss": min(frozen.history["val_loss"]),
                         "fast_feature_extraction": hp.fast_feature_extraction,
-                        "feature_files_computed": computed}}
+                        "feature_files_computed": frozen_outputs.computed[feature_cache.POOLED]}}
 
   # Phase 2: fine-tuning the top blocks, BatchNormalization statistics untouched.
   if hp.fine_tune_blocks:
@@ -100,17 +96,16 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       unfrozen = registry.unfreeze_top_blocks(base, hp.fine_tune_blocks)
       tuned = classifier
       if hp.fast_fine_tuning:
-        bottom, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
+        _, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
         tuned = build_classifier(top, head)  # shares its layers with `classifier`
       compile_for_training(tuned, hp.phase2_learning_rate)
     if hp.fast_fine_tuning:
       # The bottom stays frozen: its output, computed once, stands in for the images.
-      (train_a, train_y), (eval_a, eval_y), computed = cached_outputs(
-          bottom, cut=f"top{hp.fine_tune_blocks}")
+      (train_a, train_y), (eval_a, eval_y) = frozen_outputs.activations(hp.fine_tune_blocks)
       fine_train = data.feature_batches(train_a, train_y, train_batch, seed=hp.seed)
       fine_eval = data.feature_batches(eval_a, eval_y, eval_batch)
     else:
-      fine_train, fine_eval, computed = train_batches(), eval_batches, 0
+      fine_train, fine_eval = train_batches(), eval_batches
     fine = tuned.fit(fine_train, validation_data=fine_eval, initial_epoch=len(history),
                      epochs=len(history) + hp.fine_tune_epochs, callbacks=callbacks(FINE_TUNE),
                      verbose=2)
@@ -122,7 +117,8 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
                             "epochs": len(fine.history["loss"]), "best_val_loss": best,
                             "on_cached_activations": hp.fast_fine_tuning,
-                            "activation_files_computed": computed,
+                            "activation_files_computed":
+                                frozen_outputs.computed[feature_cache.ACTIVATIONS],
                             "kept": kept, "seconds": round(time.time() - started, 1)}
   return TrainingRun(classifier, image_size, history, summary)
 

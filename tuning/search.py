@@ -157,50 +157,39 @@ def stage_oracles(space: SearchSpace, seed: int,
 
 
 class Splits:
-  """Both splits, decoded once, and the cached outputs of frozen parts of the base over them:
-  the cache files the Trainer reads too (trainer/train.py), so neither computes them twice."""
+  """Both splits, decoded once, and the frozen base's cached outputs over them: the cache
+  files the Trainer reads too (trainer/train.py), so neither computes them twice."""
 
-  def __init__(self, train_files, eval_files, hp: HParams, cache_dir: str):
-    self.hp = hp
+  def __init__(self, train_files, eval_files, hp: HParams, space: SearchSpace, cache_dir: str):
     self.base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
-    self.image_size = self.base.input_shape[1]
-    self.files = (train_files, eval_files)
-    self.images = tuple(data.decoded_images(files, self.image_size) for files in self.files)
-    self._cache_dir = cache_dir
-
-  def cached_outputs(self, frozen_part: keras.Model, cut: str = ""):
-    """((train outputs, labels), (eval outputs, labels), files computed now)."""
-    outputs, computed = [], 0
-    for files, images in zip(self.files, self.images):
-      path = feature_cache.cache_path(self._cache_dir, files, self.hp.backbone, self.hp.weights,
-                                      self.image_size, cut)
-      *split_outputs, computed_now = feature_cache.pooled_features(frozen_part, images, path,
-                                                                   self.hp.batch_size)
-      outputs.append(tuple(split_outputs))
-      computed += int(computed_now)
-    return outputs[0], outputs[1], computed
-
-  def pooled_features(self):
-    return self.cached_outputs(self.base)
-
-  def activations(self, blocks: int):
-    """What the top `blocks` blocks take in: the frozen bottom's output (the Trainer's cut)."""
-    bottom, _ = registry.split_at_top_blocks(self.base, blocks)
-    return self.cached_outputs(bottom, cut=f"top{blocks}")
+    image_size = self.base.input_shape[1]
+    self.images = tuple(data.decoded_images(files, image_size)
+                        for files in (train_files, eval_files))
+    # The images go through the base once, to the deepest cut a depth trial may ask for.
+    deepest_cut = max(space.fine_tune_blocks) if hp.fast_fine_tuning and space.depth_trials else 0
+    self.outputs = feature_cache.FrozenOutputs(
+        self.base, list(zip((train_files, eval_files), self.images)), cache_dir, hp.backbone,
+        hp.weights, hp.batch_size, deepest_cut)
 
 
 def precompute(train_files, eval_files, hp: HParams, space: SearchSpace,
                cache_dir: str) -> Dict[str, float]:
   """Every cache file a search may read, computed here once, for workers that then only read
   them (two workers computing one file at once would collide)."""
-  splits = Splits(train_files, eval_files, hp, cache_dir)
+  outputs = Splits(train_files, eval_files, hp, space, cache_dir).outputs
   started = time.time()
-  counts = {"feature_files_computed": splits.pooled_features()[2],
-            "feature_seconds": round(time.time() - started, 1)}
+  outputs.pooled_features()
+  seconds = round(time.time() - started, 1)
   if hp.fast_fine_tuning:
-    counts["activation_files_computed"] = sum(splits.activations(blocks)[2]
-                                              for blocks in space.fine_tune_blocks)
-  return counts
+    for blocks in space.fine_tune_blocks:
+      outputs.activations(blocks)
+  return _cache_counts(outputs, seconds)
+
+
+def _cache_counts(outputs: feature_cache.FrozenOutputs, feature_seconds: float):
+  return {"feature_files_computed": outputs.computed[feature_cache.POOLED],
+          "feature_seconds": feature_seconds,
+          "activation_files_computed": outputs.computed[feature_cache.ACTIVATIONS]}
 
 
 @contextlib.contextmanager
@@ -264,16 +253,15 @@ class TransferTuner(keras_tuner.Tuner):
     self._head_tuner: Optional[_HeadTuner] = None
     self._best_head: Optional[Tuple[keras.Model, Dict[str, Any]]] = None
     self._splits: Optional[Splits] = None
-    self.computed: Dict[str, float] = {}  # cache files computed, for the summary
+    self._feature_seconds = 0.0
 
   def search(self, *args, **kwargs):
     hp = self._base_hp
-    self._splits = Splits(self._train_files, self._eval_files, hp, self._feature_cache_dir)
+    self._splits = Splits(self._train_files, self._eval_files, hp, self._space,
+                          self._feature_cache_dir)
     started = time.time()
-    (train_x, train_y), (eval_x, eval_y), computed = self._splits.pooled_features()
-    self.computed = {"feature_files_computed": computed,
-                     "feature_seconds": round(time.time() - started, 1),
-                     "activation_files_computed": 0}
+    (train_x, train_y), (eval_x, eval_y) = self._splits.outputs.pooled_features()
+    self._feature_seconds = round(time.time() - started, 1)
     with _oracle_port(0):
       self._head_tuner = _HeadTuner(self.heads_oracle, train_x.shape[-1], self._num_classes, hp,
                                     directory=self.directory, project_name=HEADS,
@@ -308,8 +296,7 @@ class TransferTuner(keras_tuner.Tuner):
     base = registry.build_base(base_hp.backbone, base_hp.weights, base_hp.image_size or None)
     registry.unfreeze_top_blocks(base, blocks)
     if base_hp.fast_fine_tuning:
-      (train_a, train_y), (eval_a, eval_y), computed = self._splits.activations(blocks)
-      self.computed["activation_files_computed"] += computed
+      (train_a, train_y), (eval_a, eval_y) = self._splits.outputs.activations(blocks)
       classifier = build_classifier(registry.split_at_top_blocks(base, blocks)[1], head_copy)
       train_data = data.feature_batches(train_a, train_y, base_hp.batch_size, seed=base_hp.seed)
       eval_data = data.feature_batches(eval_a, eval_y, base_hp.batch_size)
@@ -329,7 +316,8 @@ class TransferTuner(keras_tuner.Tuner):
     return [best_hyperparameters(self.heads_oracle, self.oracle)]
 
   def summary(self) -> Dict[str, Any]:
-    return summarize(self.heads_oracle, self.oracle, self.computed)
+    return summarize(self.heads_oracle, self.oracle,
+                     _cache_counts(self._splits.outputs, self._feature_seconds))
 
 
 def best_hyperparameters(heads: StageOracle, depth: StageOracle) -> keras_tuner.HyperParameters:
@@ -372,7 +360,7 @@ def summarize(heads: StageOracle, depth: StageOracle,
                   "feature_files_computed": computed["feature_files_computed"],
                   "feature_seconds": computed["feature_seconds"]},
           DEPTH: {"trials": depth_rows, "seconds": depth.seconds,
-                  "activation_files_computed": computed.get("activation_files_computed", 0)}},
+                  "activation_files_computed": computed["activation_files_computed"]}},
       "feature_extraction": {"score": best_head["score"],
                              "val_accuracy": best_head["val_accuracy"]},
       "best_fine_tune": best_tuned and {

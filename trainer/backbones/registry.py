@@ -253,12 +253,19 @@ def split_at_top_blocks(model: keras.Model, k: int) -> Tuple[keras.Model, keras.
   Both share the model's layers, so training `top` trains the model itself; the frozen
   bottom's output can be computed once and cached (a block starts where the whole network
   narrows to one tensor, so that tensor is all the top needs)."""
-  all_blocks = blocks(model)
-  if not 0 < k <= len(all_blocks):
-    raise ValueError(f"{model.name} has {len(all_blocks)} blocks; cannot cut off the top {k}")
-  cut = all_blocks[len(all_blocks) - k][0].input
+  if not k:
+    raise ValueError(f"cannot cut {model.name} at its output (the top 0 blocks)")
+  cut = top_blocks_input(model, k)
   return keras.Model(model.input, cut, name=f"{model.name}_bottom"), \
       keras.Model(cut, model.output, name=f"{model.name}_top{k}")
+
+
+def top_blocks_input(model: keras.Model, k: int):
+  """The tensor where the model's last k blocks begin; for k = 0, the model's output."""
+  all_blocks = blocks(model)
+  if not 0 <= k <= len(all_blocks):
+    raise ValueError(f"{model.name} has {len(all_blocks)} blocks; cannot cut off the top {k}")
+  return all_blocks[len(all_blocks) - k][0].input if k else model.output
 
 
 def _spec_of(model: keras.Model) -> BackboneSpec:
