@@ -74,7 +74,7 @@ def test_metrics(evaluation_uri, class_names):
     else:
       result[entry.key.name] = value
   return {"test_accuracy": result.pop("sparse_categorical_accuracy", None),
-          "test_examples": int(result.pop("example_count", 0)), **result}
+          "test_examples": round(result.pop("example_count", 0) or 0), **result}
 
 
 def read_json(path):

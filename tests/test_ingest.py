@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from components import features
-from components.image_example_gen import component, sources
+from components.image_example_gen import component, executor, sources
 from pipeline import cli
 from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
                             make_image, node_states, prepare_mock_tfds, read_examples, read_json,
@@ -195,6 +195,23 @@ def test_duplicates_across_splits_are_reported(presplit):
   assert presplit.report["duplicates_across_splits"] == [
       sorted([f"{split}:train/dogs/dogs.0.jpg", "test:test/cats/copy.jpg"])]
   assert presplit.report["duplicates_within_splits"] == 0
+
+
+def test_an_example_missing_from_the_written_split_fails_the_run(presplit, tmp_path):
+  examples = str(tmp_path / "examples")
+  shutil.copytree(presplit.artifacts["ImageExampleGen.examples"], examples)
+  executor.check_written(examples, presplit.report)  # what was written is all there
+  test_split = os.path.join(examples, f"Split-{features.TEST}")
+  records = [record.numpy() for record in tf.data.TFRecordDataset(
+      tf.io.gfile.glob(os.path.join(test_split, "*")), compression_type="GZIP")]
+  shutil.rmtree(test_split)
+  os.makedirs(test_split)
+  with tf.io.TFRecordWriter(os.path.join(test_split, "data.gz"), "GZIP") as writer:
+    for record in records[1:]:
+      writer.write(record)
+  with pytest.raises(sources.IngestError,
+                     match=f"wrote {len(records) - 1} of the {len(records)} test examples"):
+    executor.check_written(examples, presplit.report)
 
 
 def test_validator_flags_a_class_that_vanished_from_a_split(presplit):
