@@ -7,7 +7,8 @@ process. A size N ingests a folder of symlinks to N images of the data's train/ 
 data). Reads how long ImageExampleGen and StatisticsGen ran from the run's ML Metadata
 (TensorFlow and TFX start-up excluded, Beam worker start-up included), and the CPU seconds
 of the run's processes that were waited for: all of an in-memory run; Beam kills its worker
-processes, so a multi-process run's workers are only partly counted. Prints one JSON object.
+processes, so a multi-process run's workers are only partly counted, and ImageExampleGen's
+images/s against the target. Prints one JSON object.
 On a shared machine the numbers carry the other users' load: compare runs made together.
 """
 
@@ -25,6 +26,7 @@ MODES = {
     "multi_processing": "--direct_running_mode=multi_processing --direct_num_workers=0",
 }
 TIMED = ("ImageExampleGen", "StatisticsGen")
+TARGET_IMAGES_PER_S = 100  # ImageExampleGen on 2 cores
 
 
 def component_seconds(output: str) -> dict:
@@ -87,17 +89,21 @@ def main():
   parser.add_argument("--workdir", default=tempfile.gettempdir(),
                       help="where the throw-away outputs go")
   args = parser.parse_args()
+  args.data = os.path.abspath(args.data)  # the subsets' symlinks point into it
   runs = []
   for size in (int(s) for s in args.sizes.split(",")):
     data = subset(args.data, size, args.workdir) if size else args.data
     images = sum(len(files) for _, _, files in os.walk(data))
     for _ in range(args.repeat):
       for mode in args.modes.split(","):
-        runs.append({"images": images, "mode": mode, "beam_args": MODES[mode],
-                     "load_average_before": os.getloadavg()[0],
-                     **run_mode(data, MODES[mode], args.workdir)})
-  print(json.dumps({"data": os.path.abspath(args.data), "cpu_count": os.cpu_count(),
-                    "runs": runs}, indent=2))
+        run = {"images": images, "mode": mode, "beam_args": MODES[mode],
+               "load_average_before": os.getloadavg()[0],
+               **run_mode(data, MODES[mode], args.workdir)}
+        run["images_per_s"] = round(images / run["ImageExampleGen"], 1)
+        run["meets_target"] = run["images_per_s"] >= TARGET_IMAGES_PER_S
+        runs.append(run)
+  print(json.dumps({"data": args.data, "cpu_count": os.cpu_count(),
+                    "target_images_per_s": TARGET_IMAGES_PER_S, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

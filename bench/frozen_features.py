@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -165,7 +166,7 @@ def main():
   parser.add_argument("--data", default=SHARED_DATA, help="pre-split: train/ and test/ folders")
   parser.add_argument("--backbones", default=DEFAULT_BACKBONES,
                       help="comma list of names, each at its native size or as NAME@SIZE")
-  parser.add_argument("--cache", default="/tmp/headswap_features",
+  parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "headswap_features"),
                       help="npz per backbone; delete to recompute")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()

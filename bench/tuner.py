@@ -5,7 +5,7 @@
 Runs `headswap tune`'s in-process search (tuning/jobs.py) on cats_vs_dogs with the default
 backbone, ImageNet weights and native size. --examples takes an ingested Examples folder;
 without it the newest one under --ingest-output is used, ingested first if there is none
-(`headswap ingest --data ../shared/datasets/cats_vs_dogs --output /tmp/tune_bench`). The
+(`headswap ingest --data ../shared/datasets/cats_vs_dogs --output <tmp>/tune_bench`). The
 feature cache starts empty, so computing the pooled features is measured, and reported
 apart from the head stage. Prints one JSON object. Target: >= 10 head trials per minute on 2
 cores. The load average is printed with it: other work on the machine slows every number.
@@ -39,7 +39,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--examples", help="an ingested Examples folder (Split-train, Split-eval)")
   parser.add_argument("--data", default=DEFAULT_DATA, help="what to ingest without --examples")
-  parser.add_argument("--ingest-output", default="/tmp/tune_bench")
+  parser.add_argument("--ingest-output", default=os.path.join(tempfile.gettempdir(), "tune_bench"))
   parser.add_argument("--head-trials", type=int, default=20)
   parser.add_argument("--depth-trials", type=int, default=2)
   parser.add_argument("--depth-epochs", type=int, default=2)
