@@ -31,16 +31,20 @@ THUMBNAIL = 128
 
 def read_split(examples_uri: str, split: str) -> Dict[str, list]:
   """Encoded images, labels and file names of one split of an Examples artifact."""
+  columns = {key: [] for key in (features.IMAGE, features.LABEL, features.FILENAME)}
+  for parsed in _parsed_examples(examples_uri, split):
+    for key in columns:
+      columns[key].append(parsed[key].numpy())
+  return columns
+
+
+def _parsed_examples(examples_uri: str, split: str):
   files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
   spec = {features.IMAGE: tf.io.FixedLenFeature([], tf.string),
           features.LABEL: tf.io.FixedLenFeature([], tf.int64),
           features.FILENAME: tf.io.FixedLenFeature([], tf.string)}
-  columns = {key: [] for key in spec}
   for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-    parsed = tf.io.parse_single_example(record, spec)
-    for key in spec:
-      columns[key].append(parsed[key].numpy())
-  return columns
+    yield tf.io.parse_single_example(record, spec)
 
 
 def write_report(folder: str, artifacts: Dict[str, str]) -> str:
@@ -63,7 +67,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
     sections.append((f"Results on the {held_out} split",
                      _held_out_html(classifier, examples, held_out, folder)))
     sections.append(("Suspected mislabels in the training images",
-                     _mislabel_html(classifier, examples, folder)))
+                     _mislabel_html(model_run, examples, folder)))
   if "Evaluator.blessing" in artifacts:
     sections.append(("Gate", _gate_html(artifacts)))
   path = os.path.join(folder, "index.html")
@@ -133,16 +137,22 @@ def _held_out_html(classifier, examples, split, folder):
              else "<p>No wrong predictions.</p>"))
 
 
-def _mislabel_html(classifier, examples, folder):
-  columns = read_split(examples, features.TRAIN)
-  probabilities = classifier.probabilities(columns[features.IMAGE])
-  labels = np.array(columns[features.LABEL], dtype=int)
+def _mislabel_html(model_run, examples, folder):
+  from trainer.task import TRAIN_PREDICTIONS_FILE  # pylint: disable=import-outside-toplevel
+  predictions = _read_json(os.path.join(model_run, TRAIN_PREDICTIONS_FILE))
+  if not predictions:
+    return "<p>The Trainer wrote no predictions on the training images.</p>"
+  class_names, labels = predictions["class_names"], predictions["labels"]
+  probabilities = np.array(predictions["probabilities"])
   given = probabilities[np.arange(len(labels)), labels]
   suspects = [i for i in np.argsort(given)[:GRID_SIZE] if given[i] < 0.5]
-  captions = [f"{columns[features.FILENAME][i].decode()}\nlabelled "
-              f"{classifier.class_names[labels[i]]} (p {given[i]:.2f})\nmodel says "
-              f"{classifier.class_names[probabilities[i].argmax()]}" for i in suspects]
-  if not _grid_png([columns[features.IMAGE][i] for i in suspects], captions,
+  files = [predictions["files"][i] for i in suspects]
+  images = {parsed[features.FILENAME].numpy().decode(): parsed[features.IMAGE].numpy()
+            for parsed in _parsed_examples(examples, features.TRAIN)
+            if parsed[features.FILENAME].numpy().decode() in files}
+  captions = [f"{predictions['files'][i]}\nlabelled {class_names[labels[i]]} (p {given[i]:.2f})"
+              f"\nmodel says {class_names[probabilities[i].argmax()]}" for i in suspects]
+  if not _grid_png([images[name] for name in files], captions,
                    os.path.join(folder, "suspected_mislabels.png")):
     return "<p>The model agrees with every training label (p ≥ 0.5).</p>"
   return ("<p>Training images whose given label the trained model finds least likely: check "

@@ -11,8 +11,11 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
+from evaluation.predict import Classifier
+from evaluation.report import read_split
 from pipeline import cli, local_runner
 from tests.conftest import write_class_folders
 
@@ -68,6 +71,20 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
   assert "BLESSED" in report
   assert os.path.exists(os.path.join(output, "report", "learning_curves.png"))
   assert glob.glob(os.path.join(artifacts["TestEvaluator.evaluation"], "metrics*"))
+
+
+def test_trainer_predictions_on_the_training_images_are_the_exported_models(good_run):
+  _, _, artifacts = good_run
+  with open(os.path.join(artifacts["Trainer.model_run"], "train_predictions.json")) as f:
+    predictions = json.load(f)  # computed from the cached features, for the report
+  train = read_split(artifacts["ImageExampleGen.examples"], "train")
+  names = [name.decode() for name in train["filename"]]
+  assert sorted(predictions["files"]) == sorted(names)
+  order = [predictions["files"].index(name) for name in names]
+  assert [predictions["labels"][i] for i in order] == train["label"]
+  exported = Classifier(os.path.join(artifacts["Trainer.model"], "Format-Serving"))
+  np.testing.assert_allclose(np.array(predictions["probabilities"])[order],
+                             exported.probabilities(train["image"]), atol=0.02)
 
 
 def _eval_files(examples):

@@ -21,14 +21,16 @@ log = logging.getLogger("headswap")
 
 Outputs = Tuple[np.ndarray, np.ndarray]  # (outputs [N, ...], labels [N])
 POOLED, ACTIVATIONS = "pooled", "activations"
+# In the key: files cached in another example order must not be read as this one's.
+EXAMPLE_ORDER = "files-in-name-order"
 
 
 def cache_path(cache_dir: str, file_patterns: List[str], backbone: str, weights: str,
                image_size: int, cut: str = "") -> str:
   """Changes when the examples (names and sizes) or the base change; `cut` names the layer
   whose input is cached ("" for the pooled features)."""
-  digest = hashlib.sha256(f"{backbone}|{weights}|{image_size}{'|' + cut if cut else ''}"
-                          .encode())
+  digest = hashlib.sha256(f"{EXAMPLE_ORDER}|{backbone}|{weights}|{image_size}"
+                          f"{'|' + cut if cut else ''}".encode())
   for path in sorted(tf.io.gfile.glob(file_patterns)):
     digest.update(f"{path}|{tf.io.gfile.stat(path).length}".encode())
   return os.path.join(cache_dir, digest.hexdigest()[:24] + ".npz")
@@ -82,13 +84,14 @@ class FrozenOutputs:
       batches = data.batches(images, self._batch_size, training=False)
     log.info("computing %s outputs %s once, into %s", self._base.name,
              f"below its top {blocks} blocks" if blocks else "(pooled)", path)
-    features, labels = _run(part, batches)
+    features, labels = outputs_of(part, batches)
     _write(path, features, labels)
     self.computed[ACTIVATIONS if blocks else POOLED] += 1
     return features, labels
 
 
-def _run(part: keras.Model, batches: tf.data.Dataset) -> Outputs:
+def outputs_of(part: keras.Model, batches: tf.data.Dataset) -> Outputs:
+  """`part`'s outputs (training=False) and the labels over (inputs, labels) batches."""
   extract = tf.function(lambda inputs: part(inputs, training=False))
   feature_batches, label_batches = [], []
   for inputs, labels in batches:

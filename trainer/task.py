@@ -18,6 +18,8 @@ log = logging.getLogger("headswap")
 HISTORY_FILE = "history.json"
 SUMMARY_FILE = "training_summary.json"
 CURVES_FILE = "learning_curves.png"
+# The shipped model's probabilities per training image: the report's suspected mislabels.
+TRAIN_PREDICTIONS_FILE = "train_predictions.json"
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -33,7 +35,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     return
   export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
-  for name, value in ((HISTORY_FILE, run.history), (SUMMARY_FILE, run.summary)):
+  train_predictions = {"class_names": class_names,
+                       "files": data.example_files(fn_args.train_files),
+                       "labels": run.train_labels.tolist(),
+                       "probabilities": run.train_probabilities.round(4).tolist()}
+  for name, value, indent in ((HISTORY_FILE, run.history, 2), (SUMMARY_FILE, run.summary, 2),
+                              (TRAIN_PREDICTIONS_FILE, train_predictions, None)):
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, name), "w") as f:
-      json.dump(value, f, indent=2)
+      json.dump(value, f, indent=indent)
   plots.learning_curves(run.history, os.path.join(fn_args.model_run_dir, CURVES_FILE))

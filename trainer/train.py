@@ -8,6 +8,7 @@ import time
 from typing import Dict, List
 
 import keras
+import numpy as np
 
 from trainer import data, feature_cache
 from trainer.backbones import registry
@@ -25,6 +26,9 @@ class TrainingRun:
   image_size: int
   history: List[Dict[str, float]]  # one row per epoch of both phases, with "phase" and "epoch"
   summary: Dict  # what happened, for people and the report
+  # The shipped classifier on the training examples, in data.decoded_images' order.
+  train_probabilities: np.ndarray
+  train_labels: np.ndarray
 
 
 def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: HParams,
@@ -43,6 +47,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   train_batch = data.replica_batch_size(train_files, global_batch, replicas)
   eval_batch = data.replica_batch_size(eval_files, global_batch, replicas)
   eval_batches = data.batches(eval_images, eval_batch, training=False)
+  train_unaugmented = data.batches(train_images, train_batch, training=False)
 
   def train_batches():
     return data.batches(train_images, train_batch, training=True,
@@ -74,12 +79,16 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                       epochs=hp.epochs, callbacks=callbacks(FROZEN), verbose=2)
     with strategy.scope():
       classifier = build_classifier(base, head)
+    # What the shipped model would be run on to predict the training examples: the cheapest
+    # inputs it was trained from.
+    shipped = head, data.feature_batches(train_x, train_y, train_batch)
   else:
     with strategy.scope():
       classifier = build_classifier(base, head)
       compile_for_training(classifier, hp.learning_rate)
     frozen = classifier.fit(train_batches(), validation_data=eval_batches, epochs=hp.epochs,
                             callbacks=callbacks(FROZEN), verbose=2)
+    shipped = classifier, train_unaugmented
   history = _rows(frozen, FROZEN, first_epoch=0)
   summary = {"replicas": replicas, "global_batch_size": global_batch,
              "image_size": image_size, "hparams": dataclasses.asdict(hp),
@@ -113,6 +122,10 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     kept = best < summary["frozen"]["best_val_loss"]
     if not kept:  # fine-tuning made eval loss worse: ship the feature-extraction model
       classifier.set_weights(frozen_weights)
+    elif hp.fast_fine_tuning:
+      shipped = tuned, data.feature_batches(train_a, train_y, train_batch)
+    else:
+      shipped = classifier, train_unaugmented
     history += _rows(fine, FINE_TUNE, first_epoch=len(history))
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
                             "epochs": len(fine.history["loss"]), "best_val_loss": best,
@@ -120,7 +133,9 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                             "activation_files_computed":
                                 frozen_outputs.computed[feature_cache.ACTIVATIONS],
                             "kept": kept, "seconds": round(time.time() - started, 1)}
-  return TrainingRun(classifier, image_size, history, summary)
+  # For the report's suspected mislabels, without another pass of the base over the images.
+  train_probabilities, train_labels = feature_cache.outputs_of(*shipped)
+  return TrainingRun(classifier, image_size, history, summary, train_probabilities, train_labels)
 
 
 def _rows(fit_history, phase, first_epoch):
