@@ -147,9 +147,11 @@ def _mislabel_html(model_run, examples, folder):
   given = probabilities[np.arange(len(labels)), labels]
   suspects = [i for i in np.argsort(given)[:GRID_SIZE] if given[i] < 0.5]
   files = [predictions["files"][i] for i in suspects]
-  images = {parsed[features.FILENAME].numpy().decode(): parsed[features.IMAGE].numpy()
-            for parsed in _parsed_examples(examples, features.TRAIN)
-            if parsed[features.FILENAME].numpy().decode() in files}
+  images = {}  # only the suspects' encoded images, not the whole split's
+  for parsed in _parsed_examples(examples, features.TRAIN):
+    name = parsed[features.FILENAME].numpy().decode()
+    if name in files:
+      images[name] = parsed[features.IMAGE].numpy()
   captions = [f"{predictions['files'][i]}\nlabelled {class_names[labels[i]]} (p {given[i]:.2f})"
               f"\nmodel says {class_names[probabilities[i].argmax()]}" for i in suspects]
   if not _grid_png([images[name] for name in files], captions,

@@ -88,12 +88,7 @@ def test_trainer_predictions_on_the_training_images_are_the_exported_models(good
 
 
 def _eval_files(examples):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  records = tf.data.TFRecordDataset(glob.glob(os.path.join(examples, "Split-eval", "*")),
-                                    compression_type="GZIP")
-  return {os.path.basename(tf.train.Example.FromString(record.numpy()).features
-                           .feature["filename"].bytes_list.value[0].decode())
-          for record in records}
+  return {os.path.basename(name.decode()) for name in read_split(examples, "eval")["filename"]}
 
 
 def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run, tmp_path):
