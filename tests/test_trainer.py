@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from components import features
-from tests.conftest import write_class_folders
+from tests.conftest import read_examples, write_class_folders
 from tests.examples import write_examples
 from trainer import data, export, feature_cache, train
 from trainer.backbones import registry
@@ -128,16 +128,67 @@ def test_export_signatures_agree_and_reject_garbage(examples, tmp_path):
     loaded.signatures[export.SERVING_SIGNATURE](images=tf.constant([b"not an image"]))
 
 
-TWO_REPLICAS = """
+EVERY_SPLIT_SIZE = """
 import json, sys
 from trainer.strategy import configure_cpu_devices
-configure_cpu_devices(2)  # before TensorFlow initialises, as the CLI does
+configure_cpu_devices(4)  # before TensorFlow initialises, as the CLI does
+import keras, numpy as np, tensorflow as tf
+from trainer import data
+from trainer.hparams import HParams
+from trainer.strategy import mirrored_strategy
+from trainer.train import fit_phase
+
+class NonEmpty(keras.layers.Layer):
+  # Fails the step on any CPU if a replica is handed an empty batch.
+  def call(self, x):
+    tf.debugging.assert_positive(tf.shape(x)[0], message="a replica got an empty batch")
+    return x
+
+# One strategy per process: TensorFlow's collectives reject a second one of another size.
+replicas = int(sys.argv[1])
+strategy = mirrored_strategy(replicas)
+seen = []
+for per_replica in (2, 4):
+  for examples in (1, 3, 5, 13):
+    rng = np.random.default_rng(examples)
+    features = rng.normal(size=(examples, 8)).astype("float32")
+    labels = rng.integers(0, 2, examples)
+    with strategy.scope():
+      inputs = keras.Input((8,))
+      model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(NonEmpty()(inputs)))
+    history = fit_phase(model, 1e-2, data.examples_of(features, labels),
+                        data.examples_of(features, labels), HParams(patience=5),
+                        per_replica * replicas, 2, strategy=strategy)
+    seen.append([replicas, per_replica, examples, len(history["val_loss"])])
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+def test_no_replica_gets_an_empty_batch_whatever_the_split_size(replicas):
+  """Split sizes that do not divide evenly, some smaller than the replica count: every
+  replica gets a share of every step, checked in the graph, so on any CPU."""
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-c", EVERY_SPLIT_SIZE, str(replicas)],
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  seen = json.loads(result.stdout.strip().splitlines()[-1])
+  assert len(seen) == 2 * 4
+  assert all(epochs == 2 for *_, epochs in seen)
+
+
+MIRRORED_TRAINING = """
+import json, sys
+from trainer.strategy import configure_cpu_devices
+configure_cpu_devices(3)  # before TensorFlow initialises, as the CLI does
 import numpy as np
 from trainer import train
 from trainer.hparams import HParams
-examples, work = sys.argv[1], sys.argv[2]
+examples, work, replicas, fast = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "fast"
 hp = HParams(backbone="efficientnet_lite0", weights="none", image_size=64, epochs=1,
-             fine_tune_epochs=1, fine_tune_blocks=1, batch_size=4, cpu_replicas=2)
+             fine_tune_epochs=1, fine_tune_blocks=1, batch_size=3, cpu_replicas=replicas,
+             fast_feature_extraction=fast, fast_fine_tuning=fast, augment="flip")
 run = train.train([examples + "/Split-train/*"], [examples + "/Split-eval/*"], 2, hp,
                   work + "/cache", work + "/run")
 kernel = run.classifier.get_layer("head").get_layer("head_softmax").kernel.value
@@ -145,18 +196,26 @@ copies = [np.asarray(copy) for copy in kernel.values]
 print(json.dumps({"replicas": run.summary["replicas"],
                   "devices": sorted(copy.device for copy in kernel.values),
                   "copies_agree": all(np.array_equal(copies[0], c) for c in copies),
-                  "phases": [row["phase"] for row in run.history]}))
+                  "phases": [row["phase"] for row in run.history],
+                  "train_predictions": len(run.train_labels)}))
 """
 
 
-def test_training_runs_on_two_mirrored_replicas(examples, tmp_path):
+@pytest.mark.parametrize("replicas,paths", [(2, "fast"), (3, "slow")])
+def test_training_runs_on_mirrored_replicas(examples, tmp_path, replicas, paths):
+  """Both phases, on cached outputs and on images, with splits no global batch divides."""
   import subprocess
   import sys
-  result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, examples, str(tmp_path)],
+  splits = read_examples(examples)
+  sizes = [len(splits[split]) for split in ("train", "eval")]
+  assert all(size % (3 * replicas) for size in sizes), sizes  # a short last batch each
+  result = subprocess.run([sys.executable, "-c", MIRRORED_TRAINING, examples, str(tmp_path),
+                           str(replicas), paths],
                           capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert report["replicas"] == 2
-  assert report["devices"] == sorted({d for d in report["devices"]}) and len(report["devices"]) == 2
-  assert report["copies_agree"]  # both replicas applied the same all-reduced updates
+  assert report["replicas"] == replicas
+  assert len(set(report["devices"])) == replicas
+  assert report["copies_agree"]  # every replica applied the same all-reduced updates
   assert report["phases"] == ["frozen", "fine_tune"]
+  assert report["train_predictions"] == sizes[0]

@@ -1,8 +1,9 @@
 """tf.data input from ExampleGen's TFRecords: every image is decoded and resized once."""
 
 import json
+import math
 import os
-from typing import List, Optional
+from typing import List, Tuple
 
 import keras
 import tensorflow as tf
@@ -53,22 +54,6 @@ def _records(file_patterns: List[str]) -> tf.data.Dataset:
   return tf.data.TFRecordDataset(files, compression_type="GZIP")
 
 
-def replica_batch_size(file_patterns: List[str], batch_size: int, replicas: int) -> int:
-  """The global batch size for a split, so that its first batch splits evenly over replicas.
-
-  Keras builds a distributed model by averaging the first batch across replicas, which needs
-  equal shares: a split smaller than one batch gets a smaller batch, a multiple of replicas.
-  """
-  if replicas == 1:
-    return batch_size
-  examples = int(tf.data.TFRecordDataset(tf.io.gfile.glob(file_patterns), compression_type="GZIP")
-                 .reduce(0, lambda count, _: count + 1))
-  if examples < replicas:
-    raise ValueError(f"{file_patterns} hold {examples} examples, fewer than the {replicas} "
-                     "replicas that would share them: use fewer --cpu-replicas or more images")
-  return min(batch_size, examples - examples % replicas)
-
-
 def augmenter(names: List[str], seed: int) -> keras.Sequential:
   """Random transforms for training batches; identity at evaluation."""
   layers = {
@@ -81,24 +66,40 @@ def augmenter(names: List[str], seed: int) -> keras.Sequential:
   return keras.Sequential([layers[name]() for name in names], name="augmentation")
 
 
-def batches(images: tf.data.Dataset, batch_size: int, training: bool,
-            augmentations: List[str] = (), seed: int = 0) -> tf.data.Dataset:
-  """Float 0-255 pixel batches; shuffled and augmented only when training."""
-  if training:
-    images = images.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-  dataset = images.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
-                                         num_parallel_calls=AUTOTUNE)
-  if training and augmentations:
+def examples_of(features, labels) -> tf.data.Dataset:
+  """(features, label) pairs from arrays: cached outputs of a frozen part of the base."""
+  return tf.data.Dataset.from_tensor_slices((features, labels))
+
+
+def count(examples: tf.data.Dataset) -> int:
+  known = int(examples.cardinality())
+  return known if known >= 0 else int(examples.reduce(0, lambda total, _: total + 1))
+
+
+def training_batches(examples: tf.data.Dataset, batch_size: int, seed: int,
+                     augmentations: List[str] = ()) -> Tuple[tf.data.Dataset, int]:
+  """Endless shuffled batches of (float32 inputs, labels), all full, and the steps that make
+  one epoch (every example at least once).
+
+  No batch is partial: a distribution strategy splits a short last batch in replica-sized
+  pieces, so some replicas get none (3 examples over 4 replicas: 1, 1, 1, 0), and oneDNN's
+  kernels on some CPUs fail on an empty batch. Augmentations apply to image batches only.
+  """
+  steps = math.ceil(count(examples) / batch_size)
+  dataset = (examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+             .repeat().batch(batch_size, drop_remainder=True).map(_as_float, num_parallel_calls=AUTOTUNE))
+  if augmentations:
     augment = augmenter(list(augmentations), seed)
     dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
                           num_parallel_calls=AUTOTUNE)
-  return dataset.prefetch(AUTOTUNE)
+  return dataset.prefetch(AUTOTUNE), steps
 
 
-def feature_batches(features, labels, batch_size: int, seed: Optional[int] = None):
-  """Cached outputs of a frozen part (pooled features, activations) as batches; shuffled
-  when a seed is given (training)."""
-  dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-  if seed is not None:
-    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-  return dataset.batch(batch_size).prefetch(AUTOTUNE)
+def inference_batches(examples: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+  """Batches of (float32 inputs, labels) in order, the last one short: for a model called
+  directly, never for a distributed fit (see training_batches)."""
+  return examples.batch(batch_size).map(_as_float, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _as_float(inputs, labels):
+  return tf.cast(inputs, tf.float32), labels

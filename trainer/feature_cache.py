@@ -78,10 +78,10 @@ class FrozenOutputs:
     if blocks < self._deepest:
       below = self._split_outputs(split, self._deepest)
       part = keras.Model(registry.top_blocks_input(self._base, self._deepest), end)
-      batches = data.feature_batches(*below, self._batch_size)
+      batches = data.inference_batches(data.examples_of(*below), self._batch_size)
     else:
       part = keras.Model(self._base.input, end)
-      batches = data.batches(images, self._batch_size, training=False)
+      batches = data.inference_batches(images, self._batch_size)
     log.info("computing %s outputs %s once, into %s", self._base.name,
              f"below its top {blocks} blocks" if blocks else "(pooled)", path)
     features, labels = outputs_of(part, batches)
@@ -92,12 +92,16 @@ class FrozenOutputs:
 
 def outputs_of(part: keras.Model, batches: tf.data.Dataset) -> Outputs:
   """`part`'s outputs (training=False) and the labels over (inputs, labels) batches."""
-  extract = tf.function(lambda inputs: part(inputs, training=False))
-  feature_batches, label_batches = [], []
+  return collect(tf.function(lambda inputs: part(inputs, training=False)), batches)
+
+
+def collect(predict, batches: tf.data.Dataset) -> Outputs:
+  """predict(inputs) and the labels over (inputs, labels) batches, as arrays."""
+  output_batches, label_batches = [], []
   for inputs, labels in batches:
-    feature_batches.append(extract(inputs).numpy())
+    output_batches.append(predict(inputs).numpy())
     label_batches.append(labels.numpy())
-  return np.concatenate(feature_batches), np.concatenate(label_batches)
+  return np.concatenate(output_batches), np.concatenate(label_batches)
 
 
 def _write(path: str, features: np.ndarray, labels: np.ndarray) -> None:

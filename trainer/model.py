@@ -24,6 +24,9 @@ def build_classifier(base: keras.Model, head: keras.Model) -> keras.Model:
   return keras.Model(pixels, probabilities, name="classifier")
 
 
-def compile_for_training(model: keras.Model, learning_rate: float) -> None:
+def compile_for_training(model: keras.Model, learning_rate: float,
+                         steps_per_execution: int = 1) -> None:
+  # No XLA: a phase of a few epochs never wins back its compile time.
   model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                jit_compile=False, steps_per_execution=steps_per_execution)

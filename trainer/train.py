@@ -5,10 +5,11 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from trainer import data, feature_cache
 from trainer.backbones import registry
@@ -18,6 +19,7 @@ from trainer.strategy import distribution_strategy, worker_count
 
 log = logging.getLogger("headswap")
 FROZEN, FINE_TUNE = "frozen", "fine_tune"
+STEPS_PER_EXECUTION = 64
 
 
 @dataclasses.dataclass
@@ -44,14 +46,13 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   image_size = base.input_shape[1]
   train_images = data.decoded_images(train_files, image_size)
   eval_images = data.decoded_images(eval_files, image_size)
-  train_batch = data.replica_batch_size(train_files, global_batch, replicas)
-  eval_batch = data.replica_batch_size(eval_files, global_batch, replicas)
-  eval_batches = data.batches(eval_images, eval_batch, training=False)
-  train_unaugmented = data.batches(train_images, train_batch, training=False)
 
-  def train_batches():
-    return data.batches(train_images, train_batch, training=True,
-                        augmentations=hp.augmentations, seed=hp.seed)
+  def fit(model, learning_rate, train_examples, eval_examples, phase, initial_epoch, epochs,
+          augment):
+    return fit_phase(model, learning_rate, train_examples, eval_examples, hp, global_batch,
+                     epochs, initial_epoch=initial_epoch, augment=augment, strategy=strategy,
+                     run_dir=os.path.join(run_dir, "tensorboard", phase),
+                     backup_dir=os.path.join(run_dir, "backup", phase))
 
   # With both fast paths the images go through the base once, to the fine-tuning cut.
   deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0
@@ -59,41 +60,30 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       base, [(train_files, train_images), (eval_files, eval_images)], feature_cache_dir,
       hp.backbone, hp.weights, global_batch, deepest_cut)
 
-  def callbacks(phase):
-    chosen = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
-                                            restore_best_weights=True),
-              keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", phase))]
-    if worker_count() > 1:  # a restarted worker resumes from the last epoch, not from zero
-      chosen.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup", phase)))
-    return chosen
-
   # Phase 1: feature extraction.
   started = time.time()
   if hp.fast_feature_extraction:
     # The frozen base gives the same features every epoch: compute them once.
-    (train_x, train_y), (eval_x, eval_y) = frozen_outputs.pooled_features()
-    with strategy.scope():
-      compile_for_training(head, hp.learning_rate)
-    frozen = head.fit(data.feature_batches(train_x, train_y, train_batch, seed=hp.seed),
-                      validation_data=data.feature_batches(eval_x, eval_y, eval_batch),
-                      epochs=hp.epochs, callbacks=callbacks(FROZEN), verbose=2)
+    train_features, eval_features = (data.examples_of(*outputs)
+                                      for outputs in frozen_outputs.pooled_features())
+    frozen = fit(head, hp.learning_rate, train_features, eval_features, FROZEN, 0, hp.epochs,
+                 augment=False)
     with strategy.scope():
       classifier = build_classifier(base, head)
     # What the shipped model would be run on to predict the training examples: the cheapest
     # inputs it was trained from.
-    shipped = head, data.feature_batches(train_x, train_y, train_batch)
+    shipped = head, train_features
   else:
     with strategy.scope():
       classifier = build_classifier(base, head)
-      compile_for_training(classifier, hp.learning_rate)
-    frozen = classifier.fit(train_batches(), validation_data=eval_batches, epochs=hp.epochs,
-                            callbacks=callbacks(FROZEN), verbose=2)
-    shipped = classifier, train_unaugmented
+    frozen = fit(classifier, hp.learning_rate, train_images, eval_images, FROZEN, 0, hp.epochs,
+                 augment=True)
+    shipped = classifier, train_images
   history = _rows(frozen, FROZEN, first_epoch=0)
   summary = {"replicas": replicas, "global_batch_size": global_batch,
              "image_size": image_size, "hparams": dataclasses.asdict(hp),
              "frozen": {"epochs": len(history), "seconds": round(time.time() - started, 1),
-                        "best_val_loss": min(frozen.history["val_loss"]),
+                        "best_val_loss": min(frozen["val_loss"]),
                         "fast_feature_extraction": hp.fast_feature_extraction,
                         "feature_files_computed": frozen_outputs.computed[feature_cache.POOLED]}}
 
@@ -107,39 +97,94 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       if hp.fast_fine_tuning:
         _, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
         tuned = build_classifier(top, head)  # shares its layers with `classifier`
-      compile_for_training(tuned, hp.phase2_learning_rate)
     if hp.fast_fine_tuning:
       # The bottom stays frozen: its output, computed once, stands in for the images.
-      (train_a, train_y), (eval_a, eval_y) = frozen_outputs.activations(hp.fine_tune_blocks)
-      fine_train = data.feature_batches(train_a, train_y, train_batch, seed=hp.seed)
-      fine_eval = data.feature_batches(eval_a, eval_y, eval_batch)
+      fine_train, fine_eval = (data.examples_of(*outputs) for outputs
+                               in frozen_outputs.activations(hp.fine_tune_blocks))
     else:
-      fine_train, fine_eval = train_batches(), eval_batches
-    fine = tuned.fit(fine_train, validation_data=fine_eval, initial_epoch=len(history),
-                     epochs=len(history) + hp.fine_tune_epochs, callbacks=callbacks(FINE_TUNE),
-                     verbose=2)
-    best = min(fine.history["val_loss"])
+      fine_train, fine_eval = train_images, eval_images
+    fine = fit(tuned, hp.phase2_learning_rate, fine_train, fine_eval, FINE_TUNE, len(history),
+               hp.fine_tune_epochs, augment=not hp.fast_fine_tuning)
+    best = min(fine["val_loss"])
     kept = best < summary["frozen"]["best_val_loss"]
     if not kept:  # fine-tuning made eval loss worse: ship the feature-extraction model
       classifier.set_weights(frozen_weights)
-    elif hp.fast_fine_tuning:
-      shipped = tuned, data.feature_batches(train_a, train_y, train_batch)
     else:
-      shipped = classifier, train_unaugmented
+      shipped = tuned, fine_train
     history += _rows(fine, FINE_TUNE, first_epoch=len(history))
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
-                            "epochs": len(fine.history["loss"]), "best_val_loss": best,
+                            "epochs": len(fine["loss"]), "best_val_loss": best,
                             "on_cached_activations": hp.fast_fine_tuning,
                             "activation_files_computed":
                                 frozen_outputs.computed[feature_cache.ACTIVATIONS],
                             "kept": kept, "seconds": round(time.time() - started, 1)}
   # For the report's suspected mislabels, without another pass of the base over the images.
-  train_probabilities, train_labels = feature_cache.outputs_of(*shipped)
+  model, inputs = shipped
+  train_probabilities, train_labels = feature_cache.outputs_of(
+      model, data.inference_batches(inputs, global_batch))
   return TrainingRun(classifier, image_size, history, summary, train_probabilities, train_labels)
 
 
-def _rows(fit_history, phase, first_epoch):
-  metrics = fit_history.history
+def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.Dataset,
+              eval_examples: tf.data.Dataset, hp: HParams, batch_size: int, epochs: int,
+              initial_epoch: int = 0, augment: bool = False,
+              strategy: Optional[tf.distribute.Strategy] = None, run_dir: Optional[str] = None,
+              backup_dir: Optional[str] = None) -> Dict[str, List[float]]:
+  """Trains `model` on (inputs, label) examples (images, or cached outputs of the frozen part
+  below it) with early stopping on the eval split's val_loss, best weights restored; returns
+  the per-epoch metrics. The one training loop of both Trainer phases and every Tuner trial.
+
+  `augment` applies hp.augmentations (image inputs only); under `strategy` the model was
+  built in its scope and each replica gets batch_size / replicas examples per step.
+  """
+  distributed = strategy is not None
+  strategy = strategy or tf.distribute.get_strategy()
+  with strategy.scope():
+    # Several steps per call make a head's tiny steps 2x faster; Keras 3.12 cannot run them
+    # on a distributed iterator (an unfed placeholder), so distributed fits take one.
+    compile_for_training(model, learning_rate,
+                         STEPS_PER_EXECUTION if not distributed else 1)
+  batches, steps = data.training_batches(train_examples, batch_size, hp.seed,
+                                         hp.augmentations if augment else ())
+  callbacks = [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size)),
+               keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
+                                             restore_best_weights=True)]
+  if run_dir:
+    callbacks.append(keras.callbacks.TensorBoard(run_dir))
+  if backup_dir and worker_count() > 1:  # a restarted worker resumes from its last epoch
+    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+  return model.fit(batches, steps_per_epoch=steps, initial_epoch=initial_epoch,
+                   epochs=initial_epoch + epochs, callbacks=callbacks, verbose=0).history
+
+
+class EvaluateEachEpoch(keras.callbacks.Callback):
+  """val_loss and val_accuracy after each epoch, from the model called directly, outside the
+  distribution strategy: Keras's own validation would split the eval split's short last
+  batch over the replicas (see data.training_batches). Each worker scores the whole split,
+  so all of them stop early at the same epoch."""
+
+  def __init__(self, batches: tf.data.Dataset):
+    super().__init__()
+    self._batches = batches
+    self._predict = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self._predict is None:
+      self._predict = tf.function(lambda inputs: self.model(inputs, training=False))
+    probabilities, labels = feature_cache.collect(self._predict, self._batches)
+    logs.update(validation_metrics(probabilities, labels))
+
+
+def validation_metrics(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+  """What early stopping and the Tuner rank by: mean log loss (probabilities clipped as
+  Keras's crossentropy clips them), and accuracy."""
+  chosen = probabilities[np.arange(len(labels)), labels].astype(np.float64)
+  epsilon = keras.config.epsilon()
+  return {"val_loss": float(-np.log(np.clip(chosen, epsilon, 1 - epsilon)).mean()),
+          "val_accuracy": float((probabilities.argmax(-1) == labels).mean())}
+
+
+def _rows(metrics, phase, first_epoch):
   return [{"phase": phase, "epoch": first_epoch + i + 1,
            **{name: float(values[i]) for name, values in metrics.items()}}
           for i in range(len(metrics["loss"]))]

@@ -30,7 +30,8 @@ from keras_tuner.src.engine import trial as trial_module
 from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
-from trainer.model import build_classifier, build_head, compile_for_training
+from trainer.model import build_classifier, build_head
+from trainer.train import fit_phase
 
 log = logging.getLogger("headswap")
 
@@ -40,7 +41,6 @@ PORT_VARIABLE = "KERASTUNER_ORACLE_PORT"
 DEPTH_PORT_OFFSET = 1  # the depth stage's oracle listens next to the head stage's
 LONG_POLL_SECONDS = 20  # a tuner held back gets IDLE after this and asks again
 POLL_SECONDS = 0.1
-HEAD_STEPS_PER_EXECUTION = 64  # a head's step is tiny: Keras's per-step overhead would dominate
 Status = trial_module.TrialStatus
 
 
@@ -218,19 +218,22 @@ class _HeadTuner(keras_tuner.Tuner):
   """Stage 1: heads trained on cached pooled features, a second or two per trial."""
 
   def __init__(self, oracle, feature_dim, num_classes, base_hp, **kwargs):
-    def build(hp):
-      values = dataclasses.replace(base_hp, **hp.values)
-      head = build_head(feature_dim, num_classes, values)
-      compile_for_training(head, values.learning_rate)
-      head.jit_compile = False  # XLA's compile time is most of a trial this short
-      head.steps_per_execution = HEAD_STEPS_PER_EXECUTION
-      return head
-    super().__init__(oracle=oracle, hypermodel=build, **kwargs)
+    self._base_hp = base_hp
+    super().__init__(oracle=oracle, hypermodel=lambda hp: build_head(
+        feature_dim, num_classes, self.hparams(hp)), **kwargs)
 
-  def run_trial(self, trial, *args, **kwargs):
+  def hparams(self, hp: keras_tuner.HyperParameters) -> HParams:
+    return dataclasses.replace(self._base_hp, **hp.values)
+
+  def run_trial(self, trial, train_features, eval_features, epochs):
     started = time.time()
-    history, = super().run_trial(trial, *args, **kwargs)
-    return _best_epoch(history.history, started)
+    values = self.hparams(trial.hyperparameters)
+    head = self.hypermodel.build(trial.hyperparameters)
+    history = fit_phase(head, values.learning_rate, train_features, eval_features, values,
+                        values.batch_size, epochs)
+    # Where load_model looks: the depth stage starts from the best head.
+    head.save_weights(self._get_checkpoint_fname(trial.trial_id))
+    return _best_epoch(history, started)
 
 
 class TransferTuner(keras_tuner.Tuner):
@@ -260,17 +263,14 @@ class TransferTuner(keras_tuner.Tuner):
     self._splits = Splits(self._train_files, self._eval_files, hp, self._space,
                           self._feature_cache_dir)
     started = time.time()
-    (train_x, train_y), (eval_x, eval_y) = self._splits.outputs.pooled_features()
+    train_outputs, eval_outputs = self._splits.outputs.pooled_features()
     self._feature_seconds = round(time.time() - started, 1)
     with _oracle_port(0):
-      self._head_tuner = _HeadTuner(self.heads_oracle, train_x.shape[-1], self._num_classes, hp,
-                                    directory=self.directory, project_name=HEADS,
-                                    overwrite=self._overwrite)
-    self._head_tuner.search(data.feature_batches(train_x, train_y, hp.batch_size, seed=hp.seed),
-                            validation_data=data.feature_batches(eval_x, eval_y, hp.batch_size),
-                            epochs=self._space.head_epochs, verbose=0,
-                            callbacks=[keras.callbacks.EarlyStopping(
-                                patience=hp.patience, restore_best_weights=True)])
+      self._head_tuner = _HeadTuner(self.heads_oracle, train_outputs[0].shape[-1],
+                                    self._num_classes, hp, directory=self.directory,
+                                    project_name=HEADS, overwrite=self._overwrite)
+    self._head_tuner.search(data.examples_of(*train_outputs), data.examples_of(*eval_outputs),
+                            self._space.head_epochs)
     super().search(*args, **kwargs)
 
   def _head(self) -> Tuple[keras.Model, Dict[str, Any]]:
@@ -296,21 +296,16 @@ class TransferTuner(keras_tuner.Tuner):
     base = registry.build_base(base_hp.backbone, base_hp.weights, base_hp.image_size or None)
     registry.unfreeze_top_blocks(base, blocks)
     if base_hp.fast_fine_tuning:
-      (train_a, train_y), (eval_a, eval_y) = self._splits.outputs.activations(blocks)
+      train_data, eval_data = (data.examples_of(*outputs)
+                               for outputs in self._splits.outputs.activations(blocks))
       classifier = build_classifier(registry.split_at_top_blocks(base, blocks)[1], head_copy)
-      train_data = data.feature_batches(train_a, train_y, base_hp.batch_size, seed=base_hp.seed)
-      eval_data = data.feature_batches(eval_a, eval_y, base_hp.batch_size)
     else:
+      train_data, eval_data = self._splits.images
       classifier = build_classifier(base, head_copy)
-      train_images, eval_images = self._splits.images
-      train_data = data.batches(train_images, base_hp.batch_size, training=True,
-                                augmentations=base_hp.augmentations, seed=base_hp.seed)
-      eval_data = data.batches(eval_images, base_hp.batch_size, training=False)
-    compile_for_training(classifier, hp.get("fine_tune_learning_rate"))
-    classifier.jit_compile = False  # a few epochs never win back XLA's compile time
-    history = classifier.fit(train_data, validation_data=eval_data,
-                             epochs=self._space.depth_epochs, verbose=0)
-    return _best_epoch(history.history, started)
+    history = fit_phase(classifier, hp.get("fine_tune_learning_rate"), train_data, eval_data,
+                        base_hp, base_hp.batch_size, self._space.depth_epochs,
+                        augment=not base_hp.fast_fine_tuning)
+    return _best_epoch(history, started)
 
   def get_best_hyperparameters(self, num_trials=1):
     return [best_hyperparameters(self.heads_oracle, self.oracle)]
