@@ -9,7 +9,9 @@ execution create and last-update times) and in total, peak memory (RSS of the pr
 sampled, and the largest process's max RSS), whether the gate blessed and the Pusher pushed,
 the tuned values. Flags it does not know go to `headswap run` (e.g. `--epochs 1 --no-tune` for
 a smoke run). --compare then runs bench/seed_baseline.py (the seeds' tutorial) in the same
-invocation and adds the ratio of the wall times, headswap / seed.
+invocation and adds the ratio of the wall times, headswap / seed. --probe (on by default) adds
+the frozen-feature logistic-regression probe of the backbone the run used (bench/frozen_features.py:
+all of train/, C by 5-fold CV, scored on test/), the yardstick the pipeline must not lose to.
 Numbers from a machine shared with other work are inflated: quote them with the load.
 """
 
@@ -118,12 +120,28 @@ def headswap_results(output, run: Measured):
 
     summary = read_json(os.path.join(model_run.uri, SUMMARY_FILE)) or {}
     results["training"] = {key: value for key, value in summary.items() if key != "hparams"}
+    results["training"]["backbone"] = summary.get("hparams", {}).get("backbone")
   if "TestEvaluator.evaluation" in artifacts:
     from components import features
 
     class_names = read_json(os.path.join(examples, features.CLASS_NAMES_FILE))
     results.update(test_metrics(artifacts["TestEvaluator.evaluation"].uri, class_names))
   return results
+
+
+def linear_probe(data, backbone):
+  """Test accuracy of a logistic regression on the backbone's frozen pooled features."""
+  import frozen_features
+
+  backbone = backbone or "efficientnet_lite0"
+  cache = tempfile.mkdtemp(prefix="headswap-probe-")
+  try:
+    features = frozen_features.backbone_features(backbone, frozen_features.encoded_images(data),
+                                                 cache)
+    scores = frozen_features.scores(features, "logistic_regression", seed=0)["train"]
+  finally:
+    shutil.rmtree(cache)
+  return {"backbone": backbone, **scores}
 
 
 def _flag(artifact, name):
@@ -150,6 +168,8 @@ def main():
   parser.add_argument("--seed-epochs", type=int,
                       help="the tutorial's epochs per phase (default 10: the real comparison)")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+  parser.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                      help="score the frozen-feature logistic-regression probe of the backbone")
   args, headswap_flags = parser.parse_known_args()
 
   if args.output and os.path.exists(os.path.join(args.output, "metadata.sqlite")):
@@ -174,6 +194,10 @@ def main():
       report["wall_ratio_headswap_over_seed"] = round(run.wall_seconds / seed_wall, 3)
       report["cpu_ratio_headswap_over_seed"] = round(
           run.cpu_seconds / report["seed"]["cpu_seconds"], 3)
+  if args.probe and not run.returncode:
+    report["probe"] = linear_probe(args.data, report.get("training", {}).get("backbone"))
+    if report.get("test_accuracy") is not None:
+      report["beats_probe"] = report["test_accuracy"] >= report["probe"]["accuracy"]
   # The time target compares with the tutorial as written, not a shortened one.
   report["targets_met"] = targets_met(report, full_seed=args.seed_epochs is None)
   report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -107,8 +107,22 @@ def _training_html(model_run, folder):
     parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
   summary = _read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
+    parts.append(_phases_html(summary))
     parts.append(f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
   return "".join(parts)
+
+
+def _phases_html(summary):
+  """Each phase's eval-split numbers side by side, and which model was shipped."""
+  fine = summary.get("fine_tune")
+  rows = [("after phase 1 (frozen base)", summary["frozen"], not fine or not fine["kept"])]
+  if fine:
+    rows.append((f"after phase 2 (top {fine['blocks']} blocks fine-tuned)", fine, fine["kept"]))
+  cells = "".join(f"<tr><td>{name}</td><td>{phase['val_accuracy']:.4f}</td>"
+                  f"<td>{phase['val_loss']:.4f}</td><td>{phase['epochs']}</td>"
+                  f"<td>{'shipped' if shipped else ''}</td></tr>" for name, phase, shipped in rows)
+  return ("<table><tr><th>model</th><th>eval accuracy</th><th>eval loss</th><th>epochs</th>"
+          f"<th></th></tr>{cells}</table>")
 
 
 def _held_out_html(classifier, examples, split, folder):

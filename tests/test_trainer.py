@@ -1,5 +1,6 @@
 """The frozen-then-unfrozen schedule and the export, on tiny real TFRecords."""
 
+import glob
 import json
 import os
 
@@ -34,8 +35,8 @@ def initial_weights(tmp_path_factory):
 
 
 def _hparams(weights, **overrides):
-  return HParams(backbone=BACKBONE, weights=weights, image_size=SIZE, epochs=1,
-                 fine_tune_epochs=1, batch_size=8, **overrides)
+  return HParams(**{"backbone": BACKBONE, "weights": weights, "image_size": SIZE, "epochs": 1,
+                    "fine_tune_epochs": 1, "batch_size": 8, **overrides})
 
 
 def _train(examples, hp, tmp_path):
@@ -66,12 +67,12 @@ def test_outputs_from_one_pass_to_the_deepest_cut_equal_direct_ones(examples, in
   """Pooled features and a shallower cut's activations computed from the deepest cut's
   activations are what the base gives straight from the images."""
   base = registry.build_base(BACKBONE, initial_weights, SIZE)
-  splits = [([os.path.join(examples, "Split-eval", "*")],
-             data.decoded_images([os.path.join(examples, "Split-eval", "*")], SIZE))]
+  files = [os.path.join(examples, "Split-eval", "*")]
+  splits = [feature_cache.Split(files, data.decoded_images(files, SIZE), views=2)]
 
   def outputs(deepest_cut, cache):
     return feature_cache.FrozenOutputs(base, splits, str(tmp_path / cache), BACKBONE,
-                                       initial_weights, 8, deepest_cut)
+                                       initial_weights, 8, deepest_cut, ["flip", "crop"])
 
   chained, direct = outputs(3, "chained"), outputs(0, "direct")
   for chained_split, direct_split in ((chained.pooled_features(), direct.pooled_features()),
@@ -106,6 +107,45 @@ def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(
     assert changed, "fine-tuning was kept but no top-block weight changed"
   else:
     assert not changed  # worse than phase 1: the phase-1 weights were restored
+
+
+def test_tuned_phase_one_trains_every_epoch_it_was_given(examples, initial_weights, tmp_path):
+  """With the Tuner's cross-validated epoch count (stop_early off) nothing stops phase 1
+  on the eval split: it trains that many epochs and keeps the last."""
+  run = _train(examples, _hparams(initial_weights, fine_tune_blocks=0, epochs=4,
+                                  stop_early=False, patience=1, learning_rate=0.5), tmp_path)
+  assert [row["phase"] for row in run.history] == ["frozen"] * 4
+  assert run.summary["frozen"]["val_loss"] == run.history[-1]["val_loss"]
+
+
+def test_views_are_the_image_then_the_same_augmented_views_every_time(examples):
+  images = data.decoded_images([os.path.join(examples, "Split-eval", "*")], SIZE)
+  count = data.count(images)
+
+  def pixels():
+    return np.stack([x for x, _ in data.views(images, 3, ["flip", "crop"], seed=5)
+                     .as_numpy_iterator()])
+
+  first, again = pixels(), pixels()
+  np.testing.assert_array_equal(first, again)  # cacheable
+  np.testing.assert_array_equal(first[:count], np.stack([x for x, _ in
+                                                          images.as_numpy_iterator()]))
+  assert len(first) == 3 * count
+  assert all(not np.array_equal(first[i], first[i + count]) for i in range(count))
+
+
+def test_default_fine_tuning_trains_on_cached_augmented_views(examples, initial_weights,
+                                                              tmp_path):
+  """The default fast paths: phase 1 and phase 2 read the bottom's outputs of every view of
+  every training image (hp.views), not the unaugmented images alone."""
+  hp = _hparams(initial_weights, fine_tune_blocks=1)
+  assert hp.fast_fine_tuning and hp.cached_views == HParams().views > 1
+  run = _train(examples, hp, tmp_path)
+  train_count = len(run.train_labels)
+  assert train_count == len(read_examples(examples)["train"])
+  rows = sorted(len(np.load(path)["labels"]) for path in glob.glob(str(tmp_path / "cache" / "*")))
+  assert hp.views * train_count in rows  # activations and pooled features of the views
+  assert run.summary["fine_tune"]["on_cached_activations"]
 
 
 def test_export_signatures_agree_and_reject_garbage(examples, tmp_path):

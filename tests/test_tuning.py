@@ -69,11 +69,14 @@ def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_proce
   extraction, tuned = summary["feature_extraction"], summary["best_fine_tune"]
   assert extraction["score"] == min(row["score"] for row in heads)
   assert tuned["score"] == min(row["score"] for row in depth)
-  paid_off = tuned["score"] < extraction["score"]
+  paid_off = tuned["score"] < extraction["eval_score"]
   assert summary["fine_tuning_paid_off"] is paid_off
   assert f"fine-tuning {'paid off' if paid_off else 'did not pay off'}" in table
   best = summary["best_hyperparameters"]
   assert best["fine_tune_blocks"] == (tuned["fine_tune_blocks"] if paid_off else 0)
+  # The Trainer's phase 1 trains the cross-validated epoch count on every training image.
+  assert best["stop_early"] is False
+  assert best["epochs"] == round(min(heads, key=lambda r: r["score"])["epochs"])
 
 
 def test_features_are_computed_once_however_many_trials(job, in_process, distributed):

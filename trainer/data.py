@@ -3,9 +3,8 @@
 import json
 import math
 import os
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
-import keras
 import tensorflow as tf
 
 from components import features
@@ -13,6 +12,10 @@ from trainer import preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048
+# "crop": the share of the image's area kept and the aspect ratios drawn from (the usual
+# random-resized-crop recipe, less aggressive: small photos of small objects lose the object).
+CROP_AREAS = (0.6, 1.0)
+CROP_ASPECT_RATIOS = (3 / 4, 4 / 3)
 
 
 def class_names_of(split_files: List[str]) -> List[str]:
@@ -54,16 +57,36 @@ def _records(file_patterns: List[str]) -> tf.data.Dataset:
   return tf.data.TFRecordDataset(files, compression_type="GZIP")
 
 
-def augmenter(names: List[str], seed: int) -> keras.Sequential:
-  """Random transforms for training batches; identity at evaluation."""
-  layers = {
-      "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed),
-      "rotation": lambda: keras.layers.RandomRotation(0.1, seed=seed),
-      "zoom": lambda: keras.layers.RandomZoom(0.1, seed=seed),
-      "translation": lambda: keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
-      "contrast": lambda: keras.layers.RandomContrast(0.1, seed=seed),
-  }
-  return keras.Sequential([layers[name]() for name in names], name="augmentation")
+def augment(image: tf.Tensor, seed: tf.Tensor, names: Sequence[str]) -> tf.Tensor:
+  """One random view of a uint8 image [size, size, 3]: "crop" keeps 60-100% of its area at
+  an aspect ratio of 3:4 to 4:3, resized back; "flip" mirrors it half of the time.
+  Stateless: a seed [2] always gives the same view, so views can be cached."""
+  shape = image.shape
+  view = image
+  if "crop" in names:
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([1, 0, 4]), seed, min_object_covered=0.0,
+        aspect_ratio_range=CROP_ASPECT_RATIOS, area_range=CROP_AREAS,
+        use_image_if_no_bounding_boxes=True)
+    resized = tf.image.resize(tf.slice(image, begin, extent), shape[:2])
+    view = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), image.dtype)
+  if "flip" in names:
+    view = tf.image.stateless_random_flip_left_right(view, seed + 1)
+  return tf.ensure_shape(view, shape)
+
+
+def views(images: tf.data.Dataset, count: int, names: Sequence[str],
+          seed: int) -> tf.data.Dataset:
+  """(pixels, label) of each image `count` times: as it is, then count - 1 augmented views.
+  View-major: element v * N + i is view v of image i, the same one every time."""
+  dataset = images
+  for view in range(1, count):
+    dataset = dataset.concatenate(images.enumerate().map(
+        lambda i, example, view=view: (
+            augment(example[0], tf.stack([tf.constant(seed + view, tf.int64), i]), names),
+            example[1]),
+        num_parallel_calls=AUTOTUNE))
+  return dataset
 
 
 def examples_of(features, labels) -> tf.data.Dataset:
@@ -77,21 +100,24 @@ def count(examples: tf.data.Dataset) -> int:
 
 
 def training_batches(examples: tf.data.Dataset, batch_size: int, seed: int,
-                     augmentations: List[str] = ()) -> Tuple[tf.data.Dataset, int]:
+                     augmentations: Sequence[str] = ()) -> Tuple[tf.data.Dataset, int]:
   """Endless shuffled batches of (float32 inputs, labels), all full, and the steps that make
   one epoch (every example at least once).
 
   No batch is partial: a distribution strategy splits a short last batch in replica-sized
   pieces, so some replicas get none (3 examples over 4 replicas: 1, 1, 1, 0), and oneDNN's
-  kernels on some CPUs fail on an empty batch. Augmentations apply to image batches only.
+  kernels on some CPUs fail on an empty batch. `augmentations` (see augment) apply to image
+  examples only: a new view of each image every time it comes round.
   """
   steps = math.ceil(count(examples) / batch_size)
-  dataset = (examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-             .repeat().batch(batch_size, drop_remainder=True).map(_as_float, num_parallel_calls=AUTOTUNE))
+  dataset = examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
   if augmentations:
-    augment = augmenter(list(augmentations), seed)
-    dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
-                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.enumerate().map(
+        lambda step, example: (augment(example[0], tf.stack([tf.constant(seed, tf.int64), step]),
+                                       augmentations), example[1]),
+        num_parallel_calls=AUTOTUNE)
+  dataset = dataset.batch(batch_size, drop_remainder=True).map(_as_float,
+                                                               num_parallel_calls=AUTOTUNE)
   return dataset.prefetch(AUTOTUNE), steps
 
 

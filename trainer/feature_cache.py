@@ -4,11 +4,12 @@ The Trainer's fast paths and every Tuner trial read the same cache files, so the
 over the images once however many heads and fine-tune depths are trained on top of it.
 """
 
+import dataclasses
 import hashlib
 import io
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -26,35 +27,44 @@ EXAMPLE_ORDER = "files-in-name-order"
 
 
 def cache_path(cache_dir: str, file_patterns: List[str], backbone: str, weights: str,
-               image_size: int, cut: str = "") -> str:
+               image_size: int, cut: str = "", views: str = "") -> str:
   """Changes when the examples (names and sizes) or the base change; `cut` names the layer
-  whose input is cached ("" for the pooled features)."""
+  whose input is cached ("" for the pooled features), `views` the augmented views."""
   digest = hashlib.sha256(f"{EXAMPLE_ORDER}|{backbone}|{weights}|{image_size}"
-                          f"{'|' + cut if cut else ''}".encode())
+                          f"{'|' + cut if cut else ''}{'|' + views if views else ''}".encode())
   for path in sorted(tf.io.gfile.glob(file_patterns)):
     digest.update(f"{path}|{tf.io.gfile.stat(path).length}".encode())
   return os.path.join(cache_dir, digest.hexdigest()[:24] + ".npz")
 
 
+@dataclasses.dataclass
+class Split:
+  files: List[str]
+  images: tf.data.Dataset  # data.decoded_images of the files
+  # The image and views - 1 augmented views of it (data.views): the training split's.
+  views: int = 1
+
+
 class FrozenOutputs:
   """Per split, the frozen base's pooled features and its activations where the top k blocks
   begin (what fine-tuning on cached activations trains from), each read from or written to
-  the cache.
+  the cache; of every view of each image, view-major (data.views).
 
-  The images go through the base once, up to the deepest cut asked for (`deepest_cut`); the
-  pooled features and the shallower cuts follow from those activations through the blocks
-  above it, a small share of the compute. `splits` pairs each split's file patterns with its
-  decoded images (data.decoded_images)."""
+  The images go through the base once per view, up to the deepest cut asked for
+  (`deepest_cut`); the pooled features and the shallower cuts follow from those activations
+  through the blocks above it, a small share of the compute."""
 
-  def __init__(self, base: keras.Model, splits: List[Tuple[List[str], tf.data.Dataset]],
-               cache_dir: str, backbone: str, weights: str, batch_size: int,
-               deepest_cut: int = 0):
+  def __init__(self, base: keras.Model, splits: List[Split], cache_dir: str, backbone: str,
+               weights: str, batch_size: int, deepest_cut: int = 0,
+               augmentations: Sequence[str] = (), seed: int = 0):
     self._base = base
     self._splits = splits
     self._cache_dir = cache_dir
     self._key = (backbone, weights, base.input_shape[1])
     self._batch_size = batch_size
     self._deepest = deepest_cut
+    self._augmentations = list(augmentations)
+    self._seed = seed
     self.computed: Dict[str, int] = {POOLED: 0, ACTIVATIONS: 0}  # cache files written
 
   def pooled_features(self) -> List[Outputs]:
@@ -68,8 +78,12 @@ class FrozenOutputs:
     return [self._split_outputs(split, blocks) for split in range(len(self._splits))]
 
   def _split_outputs(self, split: int, blocks: int) -> Outputs:
-    files, images = self._splits[split]
-    path = cache_path(self._cache_dir, files, *self._key, f"top{blocks}" if blocks else "")
+    files, images, views = (getattr(self._splits[split], name)
+                            for name in ("files", "images", "views"))
+    views_key = (f"{views}|{','.join(self._augmentations)}|{self._seed}|{data.CROP_AREAS}|"
+                 f"{data.CROP_ASPECT_RATIOS}" if views > 1 else "")
+    path = cache_path(self._cache_dir, files, *self._key, f"top{blocks}" if blocks else "",
+                      views_key)
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path, "rb") as f:
         cached = np.load(io.BytesIO(f.read()))
@@ -81,9 +95,10 @@ class FrozenOutputs:
       batches = data.inference_batches(data.examples_of(*below), self._batch_size)
     else:
       part = keras.Model(self._base.input, end)
-      batches = data.inference_batches(images, self._batch_size)
-    log.info("computing %s outputs %s once, into %s", self._base.name,
-             f"below its top {blocks} blocks" if blocks else "(pooled)", path)
+      batches = data.inference_batches(
+          data.views(images, views, self._augmentations, self._seed), self._batch_size)
+    log.info("computing %s outputs %s of %d view(s) once, into %s", self._base.name,
+             f"below its top {blocks} blocks" if blocks else "(pooled)", views, path)
     features, labels = outputs_of(part, batches)
     _write(path, features, labels)
     self.computed[ACTIVATIONS if blocks else POOLED] += 1

@@ -4,7 +4,7 @@ import dataclasses
 import json
 from typing import Any, Dict, Optional
 
-AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast")
+AUGMENTATIONS = ("flip", "crop")  # see trainer/data.py augment
 
 
 @dataclasses.dataclass
@@ -16,14 +16,20 @@ class HParams:
   dropout: float = 0.2
   learning_rate: float = 1e-3
   epochs: int = 20  # phase 1 at most (early stopping usually ends it sooner)
+  # Phase 1 stops early on the eval split's val_loss; the Tuner turns this off and gives the
+  # epoch count its cross-validation found, so the head trains on every training image.
+  stop_early: bool = True
   fine_tune_blocks: int = 2  # 0 skips phase 2
   fine_tune_learning_rate: float = 0.0  # 0: learning_rate / 10
   fine_tune_epochs: int = 5
   patience: int = 3
   batch_size: int = 32  # per replica
   augment: str = ",".join(AUGMENTATIONS)  # comma list, or "" for none
+  # The fast paths train on cached outputs of this many views of each training image: the
+  # image, then augmented views (one pass of the base each).
+  views: int = 4
   fast_feature_extraction: bool = True  # phase 1 on cached pooled features
-  # Phase 2 on cached activations of the frozen bottom blocks: no augmentation, ~10x faster.
+  # Phase 2 on cached activations of the frozen bottom blocks (of every view), ~10x faster.
   fast_fine_tuning: bool = True
   cpu_replicas: int = 1  # >1 mirrors over that many logical CPU devices (see trainer/strategy.py)
   seed: int = 0
@@ -33,12 +39,18 @@ class HParams:
     if unknown:
       raise ValueError(f"unknown augmentation {sorted(unknown)[0]!r}; "
                        f"choose from {', '.join(AUGMENTATIONS)}")
-    if self.fine_tune_blocks < 0 or self.head_units < 0 or not 0 <= self.dropout < 1:
+    if (self.fine_tune_blocks < 0 or self.head_units < 0 or not 0 <= self.dropout < 1
+        or self.views < 1):
       raise ValueError(f"invalid hyperparameters: {self}")
 
   @property
   def augmentations(self):
     return [name.strip() for name in self.augment.split(",") if name.strip()]
+
+  @property
+  def cached_views(self) -> int:
+    """Views of each training image on the fast paths: one when nothing augments them."""
+    return self.views if self.augmentations else 1
 
   @property
   def phase2_learning_rate(self) -> float:

@@ -48,42 +48,45 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   eval_images = data.decoded_images(eval_files, image_size)
 
   def fit(model, learning_rate, train_examples, eval_examples, phase, initial_epoch, epochs,
-          augment):
+          augment, stop_early=True):
     return fit_phase(model, learning_rate, train_examples, eval_examples, hp, global_batch,
-                     epochs, initial_epoch=initial_epoch, augment=augment, strategy=strategy,
+                     epochs, initial_epoch=initial_epoch, augment=augment, stop_early=stop_early,
+                     strategy=strategy,
                      run_dir=os.path.join(run_dir, "tensorboard", phase),
                      backup_dir=os.path.join(run_dir, "backup", phase))
 
   # With both fast paths the images go through the base once, to the fine-tuning cut.
   deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0
   frozen_outputs = feature_cache.FrozenOutputs(
-      base, [(train_files, train_images), (eval_files, eval_images)], feature_cache_dir,
-      hp.backbone, hp.weights, global_batch, deepest_cut)
+      base, [feature_cache.Split(train_files, train_images, hp.cached_views),
+             feature_cache.Split(eval_files, eval_images)], feature_cache_dir,
+      hp.backbone, hp.weights, global_batch, deepest_cut, hp.augmentations, hp.seed)
 
   # Phase 1: feature extraction.
   started = time.time()
   if hp.fast_feature_extraction:
     # The frozen base gives the same features every epoch: compute them once.
-    train_features, eval_features = (data.examples_of(*outputs)
-                                      for outputs in frozen_outputs.pooled_features())
-    frozen = fit(head, hp.learning_rate, train_features, eval_features, FROZEN, 0, hp.epochs,
-                 augment=False)
+    train_outputs, eval_outputs = frozen_outputs.pooled_features()
+    frozen = fit(head, hp.learning_rate, data.examples_of(*train_outputs),
+                 data.examples_of(*eval_outputs), FROZEN, 0, hp.epochs, augment=False,
+                 stop_early=hp.stop_early)
     with strategy.scope():
       classifier = build_classifier(base, head)
     # What the shipped model would be run on to predict the training examples: the cheapest
-    # inputs it was trained from.
-    shipped = head, train_features
+    # inputs it was trained from, of the unaugmented view.
+    shipped = head, _first_view(train_outputs, hp.cached_views)
   else:
     with strategy.scope():
       classifier = build_classifier(base, head)
     frozen = fit(classifier, hp.learning_rate, train_images, eval_images, FROZEN, 0, hp.epochs,
-                 augment=True)
+                 augment=True, stop_early=hp.stop_early)
     shipped = classifier, train_images
   history = _rows(frozen, FROZEN, first_epoch=0)
   summary = {"replicas": replicas, "global_batch_size": global_batch,
              "image_size": image_size, "hparams": dataclasses.asdict(hp),
              "frozen": {"epochs": len(history), "seconds": round(time.time() - started, 1),
-                        "best_val_loss": min(frozen["val_loss"]),
+                        # of the weights kept: the best epoch's, or the last one's
+                        **_kept_epoch(frozen, hp.stop_early),
                         "fast_feature_extraction": hp.fast_feature_extraction,
                         "feature_files_computed": frozen_outputs.computed[feature_cache.POOLED]}}
 
@@ -98,22 +101,24 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
         _, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
         tuned = build_classifier(top, head)  # shares its layers with `classifier`
     if hp.fast_fine_tuning:
-      # The bottom stays frozen: its output, computed once, stands in for the images.
-      fine_train, fine_eval = (data.examples_of(*outputs) for outputs
-                               in frozen_outputs.activations(hp.fine_tune_blocks))
+      # The bottom stays frozen: its output for each view, computed once, stands in for the
+      # images.
+      train_outputs, eval_outputs = frozen_outputs.activations(hp.fine_tune_blocks)
+      fine_train, fine_eval = data.examples_of(*train_outputs), data.examples_of(*eval_outputs)
+      fine_unaugmented = _first_view(train_outputs, hp.cached_views)
     else:
-      fine_train, fine_eval = train_images, eval_images
+      fine_train, fine_eval, fine_unaugmented = train_images, eval_images, train_images
     fine = fit(tuned, hp.phase2_learning_rate, fine_train, fine_eval, FINE_TUNE, len(history),
                hp.fine_tune_epochs, augment=not hp.fast_fine_tuning)
-    best = min(fine["val_loss"])
-    kept = best < summary["frozen"]["best_val_loss"]
+    best = _kept_epoch(fine, stop_early=True)
+    kept = best["val_loss"] < summary["frozen"]["val_loss"]
     if not kept:  # fine-tuning made eval loss worse: ship the feature-extraction model
       classifier.set_weights(frozen_weights)
     else:
-      shipped = tuned, fine_train
+      shipped = tuned, fine_unaugmented
     history += _rows(fine, FINE_TUNE, first_epoch=len(history))
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
-                            "epochs": len(fine["loss"]), "best_val_loss": best,
+                            "epochs": len(fine["loss"]), **best,
                             "on_cached_activations": hp.fast_fine_tuning,
                             "activation_files_computed":
                                 frozen_outputs.computed[feature_cache.ACTIVATIONS],
@@ -125,14 +130,29 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   return TrainingRun(classifier, image_size, history, summary, train_probabilities, train_labels)
 
 
+def _kept_epoch(metrics: Dict[str, List[float]], stop_early: bool) -> Dict[str, float]:
+  """The eval split's val_loss and val_accuracy of the weights a phase kept."""
+  kept = int(np.argmin(metrics["val_loss"])) if stop_early else -1
+  return {name: metrics[name][kept] for name in ("val_loss", "val_accuracy")}
+
+
+def _first_view(outputs: feature_cache.Outputs, views: int) -> tf.data.Dataset:
+  """The rows of view 0 (the image as it is) of outputs over `views` views, view-major."""
+  features, labels = outputs
+  images = len(labels) // views
+  return data.examples_of(features[:images], labels[:images])
+
+
 def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.Dataset,
               eval_examples: tf.data.Dataset, hp: HParams, batch_size: int, epochs: int,
-              initial_epoch: int = 0, augment: bool = False,
+              initial_epoch: int = 0, augment: bool = False, stop_early: bool = True,
               strategy: Optional[tf.distribute.Strategy] = None, run_dir: Optional[str] = None,
               backup_dir: Optional[str] = None) -> Dict[str, List[float]]:
   """Trains `model` on (inputs, label) examples (images, or cached outputs of the frozen part
-  below it) with early stopping on the eval split's val_loss, best weights restored; returns
-  the per-epoch metrics. The one training loop of both Trainer phases and every Tuner trial.
+  below it) and returns the per-epoch metrics, val_loss and val_accuracy on the eval examples
+  among them. `stop_early`: stops when val_loss has not improved for hp.patience epochs and
+  restores the best epoch's weights; else trains all `epochs`. The one training loop of both
+  Trainer phases and every Tuner trial.
 
   `augment` applies hp.augmentations (image inputs only); under `strategy` the model was
   built in its scope and each replica gets batch_size / replicas examples per step.
@@ -146,9 +166,10 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
                          STEPS_PER_EXECUTION if not distributed else 1)
   batches, steps = data.training_batches(train_examples, batch_size, hp.seed,
                                          hp.augmentations if augment else ())
-  callbacks = [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size)),
-               keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
-                                             restore_best_weights=True)]
+  callbacks = [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size))]
+  if stop_early:
+    callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
+                                                   restore_best_weights=True))
   if run_dir:
     callbacks.append(keras.callbacks.TensorBoard(run_dir))
   if backup_dir and worker_count() > 1:  # a restarted worker resumes from its last epoch

@@ -36,6 +36,10 @@ from trainer.train import fit_phase
 log = logging.getLogger("headswap")
 
 OBJECTIVE = "val_loss"  # the Trainer's early stopping watches the same number
+EPOCHS = "epochs"  # a trial's best epoch count: the Trainer's phase 1 trains that many
+# A depth trial's yardstick: the eval split's val_loss of the head it starts from, as the
+# Trainer decides whether to keep phase 2 (head trials are scored on folds of train instead).
+FROZEN_OBJECTIVE = "frozen_val_loss"
 HEADS, DEPTH = "heads", "depth"
 PORT_VARIABLE = "KERASTUNER_ORACLE_PORT"
 DEPTH_PORT_OFFSET = 1  # the depth stage's oracle listens next to the head stage's
@@ -53,6 +57,7 @@ class SearchSpace:
   fine_tune_blocks: List[int] = dataclasses.field(default_factory=lambda: [1, 2])
   fine_tune_learning_rate: List[float] = dataclasses.field(default_factory=lambda: [1e-5, 1e-4])
   head_trials: int = 8
+  folds: int = 5  # of the training images, for each head trial
   depth_trials: int = 3
   head_epochs: int = 20
   depth_epochs: int = 2
@@ -168,8 +173,10 @@ class Splits:
     # The images go through the base once, to the deepest cut a depth trial may ask for.
     deepest_cut = max(space.fine_tune_blocks) if hp.fast_fine_tuning and space.depth_trials else 0
     self.outputs = feature_cache.FrozenOutputs(
-        self.base, list(zip((train_files, eval_files), self.images)), cache_dir, hp.backbone,
-        hp.weights, hp.batch_size, deepest_cut)
+        self.base, [feature_cache.Split(train_files, self.images[0], hp.cached_views),
+                    feature_cache.Split(eval_files, self.images[1])],
+        cache_dir, hp.backbone, hp.weights, hp.batch_size, deepest_cut, hp.augmentations,
+        hp.seed)
 
 
 def precompute(train_files, eval_files, hp: HParams, space: SearchSpace,
@@ -211,29 +218,45 @@ def _best_epoch(history: Dict[str, List[float]], started: float) -> Dict[str, fl
   """The trial's metrics for the oracle: its best epoch, and its wall time."""
   best = int(np.argmin(history[OBJECTIVE]))
   return {OBJECTIVE: history[OBJECTIVE][best], "val_accuracy": history["val_accuracy"][best],
-          "seconds": round(time.time() - started, 2)}
+          EPOCHS: best + 1, "seconds": round(time.time() - started, 2)}
 
 
 class _HeadTuner(keras_tuner.Tuner):
-  """Stage 1: heads trained on cached pooled features, a second or two per trial."""
+  """Stage 1: heads trained on cached pooled features, scored by k-fold cross-validation
+  over the training images, which a small eval split could not do reliably."""
 
-  def __init__(self, oracle, feature_dim, num_classes, base_hp, **kwargs):
+  def __init__(self, oracle, feature_dim, num_classes, base_hp, folds, **kwargs):
     self._base_hp = base_hp
+    self._folds = folds
     super().__init__(oracle=oracle, hypermodel=lambda hp: build_head(
         feature_dim, num_classes, self.hparams(hp)), **kwargs)
 
   def hparams(self, hp: keras_tuner.HyperParameters) -> HParams:
     return dataclasses.replace(self._base_hp, **hp.values)
 
-  def run_trial(self, trial, train_features, eval_features, epochs):
+  def run_trial(self, trial, train_outputs: feature_cache.Outputs, epochs: int):
+    """Each fold's head trains on the other images' views as the Trainer's phase 1 does and
+    stops early on the fold's images as they are; the trial's score is the folds' mean best
+    val_loss, its epoch count their median best epoch."""
     started = time.time()
     values = self.hparams(trial.hyperparameters)
-    head = self.hypermodel.build(trial.hyperparameters)
-    history = fit_phase(head, values.learning_rate, train_features, eval_features, values,
-                        values.batch_size, epochs)
-    # Where load_model looks: the depth stage starts from the best head.
-    head.save_weights(self._get_checkpoint_fname(trial.trial_id))
-    return _best_epoch(history, started)
+    features, labels = train_outputs
+    images = len(labels) // values.cached_views
+    fold_of = np.random.default_rng(values.seed).permutation(images) % self._folds
+    best = []
+    for fold in range(self._folds):
+      held = fold_of == fold
+      trained = np.tile(~held, values.cached_views)
+      head = self.hypermodel.build(trial.hyperparameters)
+      history = fit_phase(head, values.learning_rate,
+                          data.examples_of(features[trained], labels[trained]),
+                          data.examples_of(features[:images][held], labels[:images][held]),
+                          values, values.batch_size, epochs)
+      best.append(_best_epoch(history, started))
+    return {OBJECTIVE: float(np.mean([fold[OBJECTIVE] for fold in best])),
+            "val_accuracy": float(np.mean([fold["val_accuracy"] for fold in best])),
+            EPOCHS: float(np.median([fold[EPOCHS] for fold in best])),
+            "seconds": round(time.time() - started, 2)}
 
 
 class TransferTuner(keras_tuner.Tuner):
@@ -263,31 +286,38 @@ class TransferTuner(keras_tuner.Tuner):
     self._splits = Splits(self._train_files, self._eval_files, hp, self._space,
                           self._feature_cache_dir)
     started = time.time()
-    train_outputs, eval_outputs = self._splits.outputs.pooled_features()
+    train_outputs, _ = self._splits.outputs.pooled_features()
     self._feature_seconds = round(time.time() - started, 1)
     with _oracle_port(0):
       self._head_tuner = _HeadTuner(self.heads_oracle, train_outputs[0].shape[-1],
-                                    self._num_classes, hp, directory=self.directory,
-                                    project_name=HEADS, overwrite=self._overwrite)
-    self._head_tuner.search(data.examples_of(*train_outputs), data.examples_of(*eval_outputs),
-                            self._space.head_epochs)
+                                    self._num_classes, hp, self._space.folds,
+                                    directory=self.directory, project_name=HEADS,
+                                    overwrite=self._overwrite)
+    self._head_tuner.search(train_outputs, self._space.head_epochs)
     super().search(*args, **kwargs)
 
-  def _head(self) -> Tuple[keras.Model, Dict[str, Any]]:
-    """Stage 1's best head and its values, final: the depth oracle hands out no trial before
-    stage 1 has ended everywhere. Its checkpoint is in the shared tuning directory."""
+  def _head(self) -> Tuple[keras.Model, Dict[str, Any], float]:
+    """Stage 1's best head trained as the Trainer's phase 1 will train it (every training
+    image, the cross-validated epoch count), its values and its val_loss on the eval split:
+    final, since the depth oracle hands out no trial before stage 1 has ended everywhere."""
     if self._best_head is None:
-      trial = self._head_tuner.oracle.get_best_trials(1)[0]
-      self._best_head = self._head_tuner.load_model(trial), trial.hyperparameters.values
+      values = head_values(self._head_tuner.oracle.get_best_trials(1)[0])
+      hp = dataclasses.replace(self._base_hp, **values)
+      train_outputs, eval_outputs = self._splits.outputs.pooled_features()
+      head = build_head(train_outputs[0].shape[-1], self._num_classes, hp)
+      history = fit_phase(head, hp.learning_rate, data.examples_of(*train_outputs),
+                          data.examples_of(*eval_outputs), hp, hp.batch_size, hp.epochs,
+                          stop_early=hp.stop_early)
+      self._best_head = head, values, history[OBJECTIVE][-1]
     return self._best_head
 
   def run_trial(self, trial, *args, **kwargs):
     """The best head fine-tuned with the top blocks unfrozen, as the Trainer's phase 2 does
     it: on cached activations of the frozen bottom blocks, or on augmented images."""
     started = time.time()
-    head, head_values = self._head()
+    head, values, frozen_loss = self._head()
     hp = trial.hyperparameters
-    for name, value in head_values.items():
+    for name, value in values.items():
       hp.Fixed(name, value)
     blocks = hp.get("fine_tune_blocks")
     head_copy = keras.models.clone_model(head)
@@ -305,7 +335,7 @@ class TransferTuner(keras_tuner.Tuner):
     history = fit_phase(classifier, hp.get("fine_tune_learning_rate"), train_data, eval_data,
                         base_hp, base_hp.batch_size, self._space.depth_epochs,
                         augment=not base_hp.fast_fine_tuning)
-    return _best_epoch(history, started)
+    return {**_best_epoch(history, started), FROZEN_OBJECTIVE: frozen_loss}
 
   def get_best_hyperparameters(self, num_trials=1):
     return [best_hyperparameters(self.heads_oracle, self.oracle)]
@@ -315,16 +345,28 @@ class TransferTuner(keras_tuner.Tuner):
                      _cache_counts(self._splits.outputs, self._feature_seconds))
 
 
+def head_values(trial) -> Dict[str, Any]:
+  """A head trial's values as the Trainer takes them: its cross-validated epoch count, trained
+  in full on every training image."""
+  return {**trial.hyperparameters.values, EPOCHS: int(round(_metric(trial, EPOCHS))),
+          "stop_early": False}
+
+
 def best_hyperparameters(heads: StageOracle, depth: StageOracle) -> keras_tuner.HyperParameters:
   """What the Trainer gets: the best fine-tune trial if it beat feature extraction (the
   best head), else the best head with fine_tune_blocks 0."""
   head = heads.get_best_trials(1)[0]
   tuned = [trial for trial in depth.get_best_trials(1) if trial.status == Status.COMPLETED]
-  if tuned and tuned[0].score < head.score:
+  if tuned and _paid_off(tuned[0]):
     return tuned[0].hyperparameters
-  chosen = head.hyperparameters.copy()
-  chosen.Fixed("fine_tune_blocks", 0)
+  chosen = keras_tuner.HyperParameters()
+  for name, value in {**head_values(head), "fine_tune_blocks": 0}.items():
+    chosen.Fixed(name, value)
   return chosen
+
+
+def _paid_off(depth_trial) -> bool:
+  return depth_trial.score < _metric(depth_trial, FROZEN_OBJECTIVE)
 
 
 def _metric(trial, name):
@@ -334,7 +376,8 @@ def _metric(trial, name):
 def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
   return [{"trial": trial.trial_id, "worker": oracle.workers.get(trial.trial_id),
            "status": trial.status, "score": trial.score,
-           "val_accuracy": _metric(trial, "val_accuracy"), "seconds": _metric(trial, "seconds"),
+           "val_accuracy": _metric(trial, "val_accuracy"), EPOCHS: _metric(trial, EPOCHS),
+           "seconds": _metric(trial, "seconds"),
            "hyperparameters": trial.hyperparameters.values}
           for trial in sorted(oracle.trials.values(), key=lambda t: t.trial_id)]
 
@@ -347,6 +390,7 @@ def summarize(heads: StageOracle, depth: StageOracle,
                   key=lambda row: row["score"])
   best_tuned = min((row for row in depth_rows if row["score"] is not None),
                    key=lambda row: row["score"], default=None)
+  tuned_trial = next(iter(depth.get_best_trials(1)), None)
   return {
       "best_hyperparameters": best_hyperparameters(heads, depth).values,
       "objective": OBJECTIVE,
@@ -356,12 +400,15 @@ def summarize(heads: StageOracle, depth: StageOracle,
                   "feature_seconds": computed["feature_seconds"]},
           DEPTH: {"trials": depth_rows, "seconds": depth.seconds,
                   "activation_files_computed": computed["activation_files_computed"]}},
-      "feature_extraction": {"score": best_head["score"],
-                             "val_accuracy": best_head["val_accuracy"]},
+      # score and val_accuracy: means over the folds of the training images
+      "feature_extraction": {"score": best_head["score"], "epochs": best_head[EPOCHS],
+                             "val_accuracy": best_head["val_accuracy"],
+                             "eval_score": tuned_trial and _metric(tuned_trial,
+                                                                   FROZEN_OBJECTIVE)},
       "best_fine_tune": best_tuned and {
           "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
           "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
-      "fine_tuning_paid_off": bool(best_tuned and best_tuned["score"] < best_head["score"]),
+      "fine_tuning_paid_off": bool(tuned_trial and _paid_off(tuned_trial)),
   }
 
 
@@ -373,12 +420,13 @@ def summary_table(summary: Dict[str, Any]) -> str:
              f"{content['feature_seconds']} s" if stage == HEADS else
              f"bottom activations: {content['activation_files_computed']} files computed")
     lines.append(f"{stage}: {len(content['trials'])} trials in {content['seconds']} s; {cache}")
-    lines.append(f"  {'trial':>5}  {'worker':8}  {OBJECTIVE:>8}  {'val_acc':>7}  {'seconds':>7}"
-                 f"  hyperparameters")
+    lines.append(f"  {'trial':>5}  {'worker':8}  {OBJECTIVE:>8}  {'val_acc':>7}  {'epochs':>6}"
+                 f"  {'seconds':>7}  hyperparameters")
     for row in sorted(content["trials"], key=lambda r: (r["score"] is None, r["score"] or 0)):
       values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row["hyperparameters"].items()))
       lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row['score']):>8}"
-                   f"  {_number(row['val_accuracy']):>7}  {_seconds(row['seconds']):>7}  "
+                   f"  {_number(row['val_accuracy']):>7}  {_seconds(row[EPOCHS]):>6}"
+                   f"  {_seconds(row['seconds']):>7}  "
                    f"{values}{'' if row['status'] == Status.COMPLETED else ' ' + row['status']}")
   lines.append(_verdict(summary))
   return "\n".join(lines)
@@ -387,15 +435,16 @@ def summary_table(summary: Dict[str, Any]) -> str:
 def _verdict(summary: Dict[str, Any]) -> str:
   extraction = summary["feature_extraction"]
   measured = (f"feature extraction {OBJECTIVE} {_number(extraction['score'])}, "
-              f"val_accuracy {_number(extraction['val_accuracy'])}")
+              f"val_accuracy {_number(extraction['val_accuracy'])} over the folds of train")
   tuned = summary["best_fine_tune"]
   if not tuned:
     return f"fine-tuning not tried (no depth trial ran): {measured}"
   verdict = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
   blocks = tuned["fine_tune_blocks"]
   return (f"fine-tuning {verdict}: top {blocks} block{'s' * (blocks > 1)} unfrozen reached "
-          f"{OBJECTIVE} {_number(tuned['score'])}, val_accuracy "
-          f"{_number(tuned['val_accuracy'])}; {measured}")
+          f"eval {OBJECTIVE} {_number(tuned['score'])}, val_accuracy "
+          f"{_number(tuned['val_accuracy'])}, against the head's "
+          f"{_number(extraction['eval_score'])}; {measured}")
 
 
 def _number(value):
