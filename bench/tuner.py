@@ -48,10 +48,11 @@ def main():
   load_before = os.getloadavg()
 
   from trainer.hparams import HParams
-  from tuning import jobs, search
+  from tuning import jobs
+  from tuning.space import SearchSpace
 
-  space = search.SearchSpace(head_trials=args.head_trials, depth_trials=args.depth_trials,
-                             depth_epochs=args.depth_epochs)
+  space = SearchSpace(head_trials=args.head_trials, depth_trials=args.depth_trials,
+                      depth_epochs=args.depth_epochs)
   with tempfile.TemporaryDirectory(prefix="tuner_bench_") as output:
     summary = jobs.search_in_process(examples, HParams(), space,
                                      os.path.join(output, "feature_cache"), output)

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
   run = commands.add_parser("run", help="run the whole pipeline locally")
   _add_data_arguments(run)
   _add_training_arguments(run)
-  tune = run.add_argument_group("tuning (KerasTuner; ranges in tuning/search.py)")
+  tune = run.add_argument_group("tuning (KerasTuner; ranges in tuning/space.py)")
   tune.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                     help="search head and fine-tune depth before training (--no-tune skips it)")
   tune.add_argument("--max-trials", type=int, help="head trials on cached features")

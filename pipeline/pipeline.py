@@ -39,7 +39,7 @@ class PipelineConfig:
   has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
   hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
   tune: bool = True
-  search_space: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning.SearchSpace
+  search_space: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning.space.SearchSpace
   accuracy_threshold: float = 0.6  # the gate: a model below it is never pushed
   max_accuracy_drop: float = 0.01  # ... nor one this much worse than the last blessed model
   serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/

@@ -10,7 +10,7 @@ import pytest
 from pipeline import cli
 from tests.conftest import read_json, write_class_folders
 from tests.examples import write_examples
-from tuning.search import SearchSpace
+from tuning.space import SearchSpace
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 64

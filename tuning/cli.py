@@ -27,7 +27,7 @@ def register(commands):
   tune.add_argument("--feature-cache",
                     help="pooled-feature cache (default: OUTPUT/feature_cache); the pipeline's "
                          "is OUTPUT/tfx/feature_cache")
-  search = tune.add_argument_group("search (ranges in tuning/search.py)")
+  search = tune.add_argument_group("search (ranges in tuning/space.py)")
   search.add_argument("--max-trials", type=int, help="head trials on cached features")
   search.add_argument("--depth-trials", type=int, help="fine-tune depth trials")
   search.add_argument("--tune-seconds", type=float, help="time budget of the search")
@@ -52,7 +52,9 @@ def register(commands):
 def main(args):
   from pipeline import cli as pipeline_cli  # pylint: disable=import-outside-toplevel
   from trainer.hparams import HParams  # pylint: disable=import-outside-toplevel
-  from tuning import jobs, search  # pylint: disable=import-outside-toplevel
+  from tuning import jobs  # pylint: disable=import-outside-toplevel
+  from tuning.space import SearchSpace  # pylint: disable=import-outside-toplevel
+  from tuning.summary import summary_table, write_summary  # pylint: disable=import-outside-toplevel
 
   given_space = pipeline_cli._given_search_space(args)  # pylint: disable=protected-access
   try:
@@ -60,7 +62,7 @@ def main(args):
     hp = HParams.from_sources(pipeline_cli._given_hparams(args))  # pylint: disable=protected-access
   except (jobs.TuneError, ValueError) as error:
     sys.exit(f"headswap tune: {error}")
-  space = search.SearchSpace(**given_space)
+  space = SearchSpace(**given_space)
   cache_dir = args.feature_cache or os.path.join(args.output, "feature_cache")
   try:
     if args.oracle:
@@ -74,8 +76,8 @@ def main(args):
       summary = jobs.search_in_process(args.examples, hp, space, cache_dir, args.output)
   except jobs.TuneError as error:
     sys.exit(f"headswap tune: {error}")
-  search.write_summary(summary, args.output)
-  print(search.summary_table(summary))
+  write_summary(summary, args.output)
+  print(summary_table(summary))
   print(f"summary: {os.path.join(args.output, 'tuning_summary.json')}")
 
 

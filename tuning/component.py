@@ -7,7 +7,9 @@ from tfx.types import artifact_utils, standard_component_specs
 
 from trainer import data
 from trainer.hparams import HParams
-from tuning.search import SearchSpace, TransferTuner, write_summary
+from tuning.space import SearchSpace
+from tuning.summary import summarize_tuner, write_summary
+from tuning.trials import TransferTuner
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
@@ -26,7 +28,7 @@ class _Executor(tfx_tuner_executor.Executor):
   def Do(self, input_dict, output_dict, exec_properties):
     tuner = tfx_tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir())
     tfx_tuner_executor.write_best_hyperparameters(tuner, output_dict)
-    write_summary(tuner.summary(), artifact_utils.get_single_uri(
+    write_summary(summarize_tuner(tuner), artifact_utils.get_single_uri(
         output_dict[standard_component_specs.TUNER_RESULTS_KEY]))
 
 

@@ -1,7 +1,7 @@
 """Search jobs on already ingested examples: in one process, or a chief and workers.
 
 Workers are ordinary KerasTuner workers (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and
-KERASTUNER_ORACLE_PORT in their environment) running search.TransferTuner. KerasTuner's own
+KERASTUNER_ORACLE_PORT in their environment) running trials.TransferTuner. KerasTuner's own
 chief is a tuner whose search() serves one oracle and never returns; a headswap search has two
 stages, so the chief here is two gRPC servers in the supervising process, one per stage's
 oracle (heads on PORT, depth on PORT+1), and the depth oracle holds its trials back until the
@@ -25,7 +25,10 @@ from keras_tuner.src.distribute import oracle_chief
 from components import features
 from trainer import data
 from trainer.hparams import HParams
-from tuning import search
+from tuning.oracles import DEPTH_PORT_OFFSET, PORT_VARIABLE, stage_oracles
+from tuning.space import SearchSpace
+from tuning.summary import summarize, summarize_tuner
+from tuning.trials import TransferTuner, precompute
 
 log = logging.getLogger("headswap")
 
@@ -55,23 +58,22 @@ def split_files(examples: str) -> Tuple[List[str], List[str]]:
   return patterns[0], patterns[1]
 
 
-def _tuner(examples: str, hp: HParams, space: search.SearchSpace, cache_dir: str,
-           output: str, overwrite: bool) -> search.TransferTuner:
+def _tuner(examples: str, hp: HParams, space: SearchSpace, cache_dir: str,
+           output: str, overwrite: bool) -> TransferTuner:
   train_files, eval_files = split_files(examples)
-  return search.TransferTuner(train_files, eval_files,
-                              len(data.class_names_of(train_files)), hp, space, cache_dir,
-                              directory=os.path.join(output, TUNING_DIR), overwrite=overwrite)
+  return TransferTuner(train_files, eval_files, len(data.class_names_of(train_files)), hp, space,
+                       cache_dir, directory=os.path.join(output, TUNING_DIR), overwrite=overwrite)
 
 
-def search_in_process(examples: str, hp: HParams, space: search.SearchSpace, cache_dir: str,
+def search_in_process(examples: str, hp: HParams, space: SearchSpace, cache_dir: str,
                       output: str) -> Dict[str, Any]:
   tuner = _tuner(examples, hp, space, cache_dir, output, overwrite=True)
   tuner.search()
-  return tuner.summary()
+  return summarize_tuner(tuner)
 
 
 def run_worker(address: str, worker_id: str, examples: str, hp: HParams,
-               space: search.SearchSpace, cache_dir: str, output: str) -> None:
+               space: SearchSpace, cache_dir: str, output: str) -> None:
   """One worker: head trials, then depth trials, from the chief at address (HOST:PORT)."""
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit():
@@ -79,7 +81,7 @@ def run_worker(address: str, worker_id: str, examples: str, hp: HParams,
   if "chief" in worker_id:  # KerasTuner would take the worker for a chief
     raise TuneError(f"--worker-id {worker_id!r}: a worker's id must not contain 'chief'")
   os.environ.update({"KERASTUNER_TUNER_ID": worker_id, "KERASTUNER_ORACLE_IP": host,
-                     search.PORT_VARIABLE: port})
+                     PORT_VARIABLE: port})
   # The supervisor emptied the tuning folder; other workers' trials are in it now.
   _tuner(examples, hp, space, cache_dir, output, overwrite=False).search()
   log.info("worker %s: no trials left", worker_id)
@@ -88,9 +90,9 @@ def run_worker(address: str, worker_id: str, examples: str, hp: HParams,
 class Chief:
   """Both stages' oracles, each served on its own port (depth on the head stage's + 1)."""
 
-  def __init__(self, space: search.SearchSpace, seed: int, directory: str, host: str,
+  def __init__(self, space: SearchSpace, seed: int, directory: str, host: str,
                port: int, workers: int):
-    self.heads, self.depth = search.stage_oracles(space, seed, tuners_to_wait_for=workers)
+    self.heads, self.depth = stage_oracles(space, seed, tuners_to_wait_for=workers)
     for oracle in (self.heads, self.depth):
       oracle._set_project_dir(directory, oracle.name)  # pylint: disable=protected-access
     self.servers, self.port = _start_servers((self.heads, self.depth), host, port)
@@ -119,7 +121,7 @@ def _start_servers(oracles, host: str, port: int) -> Tuple[List[grpc.Server], in
   for _ in range(PORT_ATTEMPTS):
     heads_server, heads_port = _serve(oracles[0], host, port)
     try:
-      depth_server, _ = _serve(oracles[1], host, heads_port + search.DEPTH_PORT_OFFSET)
+      depth_server, _ = _serve(oracles[1], host, heads_port + DEPTH_PORT_OFFSET)
       return [heads_server, depth_server], heads_port
     except TuneError:
       heads_server.stop(grace=None)
@@ -129,7 +131,7 @@ def _start_servers(oracles, host: str, port: int) -> Tuple[List[grpc.Server], in
 
 
 def supervise(worker_command: Callable[[str, str], List[str]], examples: str, hp: HParams,
-              space: search.SearchSpace, cache_dir: str, output: str, workers: int,
+              space: SearchSpace, cache_dir: str, output: str, workers: int,
               host: str = LOOPBACK, port: int = 0) -> Dict[str, Any]:
   """A chief here and `workers` worker processes (worker_command(address, id) starts one);
   other machines' workers may join when host is not loopback. Returns the summary."""
@@ -139,11 +141,11 @@ def supervise(worker_command: Callable[[str, str], List[str]], examples: str, hp
   logs = os.path.join(directory, "logs")
   tf.io.gfile.makedirs(logs)
   train_files, eval_files = split_files(examples)
-  computed = search.precompute(train_files, eval_files, hp, space, cache_dir)
+  computed = precompute(train_files, eval_files, hp, space, cache_dir)
   chief = Chief(space, hp.seed, directory, host, port, workers)
   address = f"{LOOPBACK if host in ('0.0.0.0', '') else host}:{chief.port}"
   log.info("chief oracles on %s:%d (heads) and :%d (depth)", host, chief.port,
-           chief.port + search.DEPTH_PORT_OFFSET)
+           chief.port + DEPTH_PORT_OFFSET)
   processes: Dict[str, subprocess.Popen] = {}
   log_files = {f"tuner{k}": os.path.join(logs, f"tuner{k}.log") for k in range(workers)}
   try:
@@ -158,7 +160,7 @@ def supervise(worker_command: Callable[[str, str], List[str]], examples: str, hp
         process.terminate()
         process.wait()
     chief.stop()
-  summary = search.summarize(chief.heads, chief.depth, computed)
+  summary = summarize(chief.heads, chief.depth, computed)
   rows = [row for stage in summary["stages"].values() for row in stage["trials"]]
   summary["chief"] = {"host": host, "port": chief.port}
   summary["workers"] = {

@@ -1,0 +1,43 @@
+"""The search space of the two-stage search, and the objective both stages minimize.
+
+Stage 1 draws a head (dense units or none, dropout, learning rate), stage 2 how many top blocks
+to unfreeze and their learning rate; the trial counts, epochs and time budget are here too
+(--max-trials, --depth-trials and --tune-seconds override theirs). tuning/trials.py runs the
+trials.
+"""
+
+import dataclasses
+from typing import List
+
+import keras_tuner
+
+OBJECTIVE = "val_loss"  # the Trainer's early stopping watches the same number
+
+
+@dataclasses.dataclass
+class SearchSpace:
+  head_units: List[int] = dataclasses.field(default_factory=lambda: [0, 64, 256])
+  dropout: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.5])  # [min, max]
+  learning_rate: List[float] = dataclasses.field(default_factory=lambda: [1e-4, 1e-2])
+  # Blocks to unfreeze; 0 (feature extraction only) is stage 1's best head, measured there.
+  fine_tune_blocks: List[int] = dataclasses.field(default_factory=lambda: [1, 2])
+  fine_tune_learning_rate: List[float] = dataclasses.field(default_factory=lambda: [1e-5, 1e-4])
+  head_trials: int = 8
+  folds: int = 5  # of the training images, for each head trial
+  depth_trials: int = 3
+  head_epochs: int = 20
+  depth_epochs: int = 2
+  seconds: float = 0  # 0: no time budget
+
+  def head_hyperparameters(self) -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("head_units", self.head_units)
+    hp.Float("dropout", *self.dropout, step=0.1)
+    hp.Float("learning_rate", *self.learning_rate, sampling="log")
+    return hp
+
+  def depth_hyperparameters(self) -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("fine_tune_blocks", self.fine_tune_blocks)
+    hp.Float("fine_tune_learning_rate", *self.fine_tune_learning_rate, sampling="log")
+    return hp

@@ -1,0 +1,112 @@
+"""The search's summary: every trial of both stages, the values the Trainer gets and whether
+fine-tuning beat feature extraction, as JSON and as a table a person reads top to bottom.
+"""
+
+import json
+import os
+from typing import Any, Dict, List
+
+import tensorflow as tf
+
+from tuning.oracles import DEPTH, HEADS, StageOracle, Status
+from tuning.space import OBJECTIVE
+from tuning.trials import (EPOCHS, FROZEN_OBJECTIVE, TransferTuner, best_hyperparameters, metric,
+                           paid_off)
+
+
+def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
+  return [{"trial": trial.trial_id, "worker": oracle.workers.get(trial.trial_id),
+           "status": trial.status, "score": trial.score,
+           "val_accuracy": metric(trial, "val_accuracy"), EPOCHS: metric(trial, EPOCHS),
+           "seconds": metric(trial, "seconds"),
+           "hyperparameters": trial.hyperparameters.values}
+          for trial in sorted(oracle.trials.values(), key=lambda t: t.trial_id)]
+
+
+def summarize(heads: StageOracle, depth: StageOracle,
+              computed: Dict[str, float]) -> Dict[str, Any]:
+  """Every trial of both stages, and whether fine-tuning beat feature extraction."""
+  head_rows, depth_rows = _trial_rows(heads), _trial_rows(depth)
+  best_head = min((row for row in head_rows if row["score"] is not None),
+                  key=lambda row: row["score"])
+  best_tuned = min((row for row in depth_rows if row["score"] is not None),
+                   key=lambda row: row["score"], default=None)
+  tuned_trial = next(iter(depth.get_best_trials(1)), None)
+  return {
+      "best_hyperparameters": best_hyperparameters(heads, depth).values,
+      "objective": OBJECTIVE,
+      "stages": {
+          HEADS: {"trials": head_rows, "seconds": heads.seconds,
+                  "feature_files_computed": computed["feature_files_computed"],
+                  "feature_seconds": computed["feature_seconds"]},
+          DEPTH: {"trials": depth_rows, "seconds": depth.seconds,
+                  "activation_files_computed": computed["activation_files_computed"]}},
+      # score and val_accuracy: means over the folds of the training images
+      "feature_extraction": {"score": best_head["score"], "epochs": best_head[EPOCHS],
+                             "val_accuracy": best_head["val_accuracy"],
+                             "eval_score": tuned_trial and metric(tuned_trial, FROZEN_OBJECTIVE)},
+      "best_fine_tune": best_tuned and {
+          "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
+          "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
+      "fine_tuning_paid_off": bool(tuned_trial and paid_off(tuned_trial)),
+  }
+
+
+def summarize_tuner(tuner: TransferTuner) -> Dict[str, Any]:
+  """The summary of a search that one TransferTuner ran in this process."""
+  return summarize(tuner.heads_oracle, tuner.oracle, tuner.cache_counts())
+
+
+def summary_table(summary: Dict[str, Any]) -> str:
+  """The summary as a table a person reads top to bottom, best trial of each stage first."""
+  lines = []
+  for stage, content in summary["stages"].items():
+    cache = (f"pooled features: {content['feature_files_computed']} files computed, "
+             f"{content['feature_seconds']} s" if stage == HEADS else
+             f"bottom activations: {content['activation_files_computed']} files computed")
+    lines.append(f"{stage}: {len(content['trials'])} trials in {content['seconds']} s; {cache}")
+    lines.append(f"  {'trial':>5}  {'worker':8}  {OBJECTIVE:>8}  {'val_acc':>7}  {'epochs':>6}"
+                 f"  {'seconds':>7}  hyperparameters")
+    for row in sorted(content["trials"], key=lambda r: (r["score"] is None, r["score"] or 0)):
+      values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row["hyperparameters"].items()))
+      lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row['score']):>8}"
+                   f"  {_number(row['val_accuracy']):>7}  {_seconds(row[EPOCHS]):>6}"
+                   f"  {_seconds(row['seconds']):>7}  "
+                   f"{values}{'' if row['status'] == Status.COMPLETED else ' ' + row['status']}")
+  lines.append(_verdict(summary))
+  return "\n".join(lines)
+
+
+def _verdict(summary: Dict[str, Any]) -> str:
+  extraction = summary["feature_extraction"]
+  measured = (f"feature extraction {OBJECTIVE} {_number(extraction['score'])}, "
+              f"val_accuracy {_number(extraction['val_accuracy'])} over the folds of train")
+  tuned = summary["best_fine_tune"]
+  if not tuned:
+    return f"fine-tuning not tried (no depth trial ran): {measured}"
+  verdict = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
+  blocks = tuned["fine_tune_blocks"]
+  return (f"fine-tuning {verdict}: top {blocks} block{'s' * (blocks > 1)} unfrozen reached "
+          f"eval {OBJECTIVE} {_number(tuned['score'])}, val_accuracy "
+          f"{_number(tuned['val_accuracy'])}, against the head's "
+          f"{_number(extraction['eval_score'])}; {measured}")
+
+
+def _number(value):
+  return "-" if value is None else f"{value:.4f}"
+
+
+def _seconds(value):
+  return "-" if value is None else f"{value:.1f}"
+
+
+def _short(value):
+  return f"{value:.2g}" if isinstance(value, float) else value
+
+
+def write_summary(summary: Dict[str, Any], folder: str) -> None:
+  tf.io.gfile.makedirs(folder)
+  with tf.io.gfile.GFile(os.path.join(folder, "tuning_summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, default=str)
+  with tf.io.gfile.GFile(os.path.join(folder, "tuning_summary.txt"), "w") as f:
+    f.write(summary_table(summary) + "\n")

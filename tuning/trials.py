@@ -1,0 +1,230 @@
+"""KerasTuner search of the head and of the fine-tune depth, cheap enough to be on by default.
+
+Stage 1 searches the head (dense units or none, dropout, learning rate) on the frozen
+base's pooled features, which trainer/feature_cache.py computes once for every trial and
+for the Trainer. Its best head is the feature-extraction result. Stage 2 fine-tunes that
+head with the top 1, 2, ... blocks unfrozen at a searched learning rate, with short budgets.
+Its trials carry the stage-1 values as fixed hyperparameters, so one HyperParameters object
+tells the Trainer everything: the best fine-tune trial if it beat feature extraction, else
+the best head with fine_tune_blocks 0. The summary (tuning/summary.py) says which, with the
+measured numbers.
+"""
+
+import dataclasses
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import keras
+import keras_tuner
+import numpy as np
+
+from trainer import data, feature_cache
+from trainer.backbones import registry
+from trainer.hparams import HParams
+from trainer.model import build_classifier, build_head
+from trainer.train import fit_phase
+from tuning.oracles import (DEPTH, DEPTH_PORT_OFFSET, HEADS, StageOracle, Status, oracle_port,
+                            stage_oracles)
+from tuning.space import OBJECTIVE, SearchSpace
+
+EPOCHS = "epochs"  # a trial's best epoch count: the Trainer's phase 1 trains that many
+# A depth trial's yardstick: the eval split's val_loss of the head it starts from, as the
+# Trainer decides whether to keep phase 2 (head trials are scored on folds of train instead).
+FROZEN_OBJECTIVE = "frozen_val_loss"
+
+
+class Splits:
+  """Both splits, decoded once, and the frozen base's cached outputs over them: the cache
+  files the Trainer reads too (trainer/train.py), so neither computes them twice."""
+
+  def __init__(self, train_files, eval_files, hp: HParams, space: SearchSpace, cache_dir: str):
+    self.base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
+    image_size = self.base.input_shape[1]
+    self.images = tuple(data.decoded_images(files, image_size)
+                        for files in (train_files, eval_files))
+    # The images go through the base once, to the deepest cut a depth trial may ask for.
+    deepest_cut = max(space.fine_tune_blocks) if hp.fast_fine_tuning and space.depth_trials else 0
+    self.outputs = feature_cache.FrozenOutputs(
+        self.base, [feature_cache.Split(train_files, self.images[0], hp.cached_views),
+                    feature_cache.Split(eval_files, self.images[1])],
+        cache_dir, hp.backbone, hp.weights, hp.batch_size, deepest_cut, hp.augmentations,
+        hp.seed)
+
+
+def precompute(train_files, eval_files, hp: HParams, space: SearchSpace,
+               cache_dir: str) -> Dict[str, float]:
+  """Every cache file a search may read, computed here once, for workers that then only read
+  them (two workers computing one file at once would collide)."""
+  outputs = Splits(train_files, eval_files, hp, space, cache_dir).outputs
+  started = time.time()
+  outputs.pooled_features()
+  seconds = round(time.time() - started, 1)
+  if hp.fast_fine_tuning:
+    for blocks in space.fine_tune_blocks:
+      outputs.activations(blocks)
+  return _cache_counts(outputs, seconds)
+
+
+def _cache_counts(outputs: feature_cache.FrozenOutputs, feature_seconds: float):
+  return {"feature_files_computed": outputs.computed[feature_cache.POOLED],
+          "feature_seconds": feature_seconds,
+          "activation_files_computed": outputs.computed[feature_cache.ACTIVATIONS]}
+
+
+def _best_epoch(history: Dict[str, List[float]], started: float) -> Dict[str, float]:
+  """The trial's metrics for the oracle: its best epoch, and its wall time."""
+  best = int(np.argmin(history[OBJECTIVE]))
+  return {OBJECTIVE: history[OBJECTIVE][best], "val_accuracy": history["val_accuracy"][best],
+          EPOCHS: best + 1, "seconds": round(time.time() - started, 2)}
+
+
+class _HeadTuner(keras_tuner.Tuner):
+  """Stage 1: heads trained on cached pooled features, scored by k-fold cross-validation
+  over the training images, which a small eval split could not do reliably."""
+
+  def __init__(self, oracle, feature_dim, num_classes, base_hp, folds, **kwargs):
+    self._base_hp = base_hp
+    self._folds = folds
+    super().__init__(oracle=oracle, hypermodel=lambda hp: build_head(
+        feature_dim, num_classes, self.hparams(hp)), **kwargs)
+
+  def hparams(self, hp: keras_tuner.HyperParameters) -> HParams:
+    return dataclasses.replace(self._base_hp, **hp.values)
+
+  def run_trial(self, trial, train_outputs: feature_cache.Outputs, epochs: int):
+    """Each fold's head trains on the other images' views as the Trainer's phase 1 does and
+    stops early on the fold's images as they are; the trial's score is the folds' mean best
+    val_loss, its epoch count their median best epoch."""
+    started = time.time()
+    values = self.hparams(trial.hyperparameters)
+    features, labels = train_outputs
+    images = len(labels) // values.cached_views
+    fold_of = np.random.default_rng(values.seed).permutation(images) % self._folds
+    best = []
+    for fold in range(self._folds):
+      held = fold_of == fold
+      trained = np.tile(~held, values.cached_views)
+      head = self.hypermodel.build(trial.hyperparameters)
+      history = fit_phase(head, values.learning_rate,
+                          data.examples_of(features[trained], labels[trained]),
+                          data.examples_of(features[:images][held], labels[:images][held]),
+                          values, values.batch_size, epochs)
+      best.append(_best_epoch(history, started))
+    return {OBJECTIVE: float(np.mean([fold[OBJECTIVE] for fold in best])),
+            "val_accuracy": float(np.mean([fold["val_accuracy"] for fold in best])),
+            EPOCHS: float(np.median([fold[EPOCHS] for fold in best])),
+            "seconds": round(time.time() - started, 2)}
+
+
+class TransferTuner(keras_tuner.Tuner):
+  """The depth stage's tuner, whose search() runs the head stage first: what TFX's Tuner
+  component drives, `headswap tune` runs, and each worker of a distributed search runs."""
+
+  def __init__(self, train_files, eval_files, num_classes, base_hp: HParams,
+               space: SearchSpace, feature_cache_dir: str, directory: str,
+               overwrite: bool = True):
+    self.heads_oracle, depth_oracle = stage_oracles(space, base_hp.seed)
+    with oracle_port(DEPTH_PORT_OFFSET):
+      super().__init__(oracle=depth_oracle, directory=directory, project_name=DEPTH,
+                       overwrite=overwrite)
+    self._train_files, self._eval_files = train_files, eval_files
+    self._num_classes = num_classes
+    self._base_hp = base_hp
+    self._space = space
+    self._feature_cache_dir = feature_cache_dir
+    self._overwrite = overwrite
+    self._head_tuner: Optional[_HeadTuner] = None
+    self._best_head: Optional[Tuple[keras.Model, Dict[str, Any]]] = None
+    self._splits: Optional[Splits] = None
+    self._feature_seconds = 0.0
+
+  def search(self, *args, **kwargs):
+    hp = self._base_hp
+    self._splits = Splits(self._train_files, self._eval_files, hp, self._space,
+                          self._feature_cache_dir)
+    started = time.time()
+    train_outputs, _ = self._splits.outputs.pooled_features()
+    self._feature_seconds = round(time.time() - started, 1)
+    with oracle_port(0):
+      self._head_tuner = _HeadTuner(self.heads_oracle, train_outputs[0].shape[-1],
+                                    self._num_classes, hp, self._space.folds,
+                                    directory=self.directory, project_name=HEADS,
+                                    overwrite=self._overwrite)
+    self._head_tuner.search(train_outputs, self._space.head_epochs)
+    super().search(*args, **kwargs)
+
+  def _head(self) -> Tuple[keras.Model, Dict[str, Any], float]:
+    """Stage 1's best head trained as the Trainer's phase 1 will train it (every training
+    image, the cross-validated epoch count), its values and its val_loss on the eval split:
+    final, since the depth oracle hands out no trial before stage 1 has ended everywhere."""
+    if self._best_head is None:
+      values = head_values(self._head_tuner.oracle.get_best_trials(1)[0])
+      hp = dataclasses.replace(self._base_hp, **values)
+      train_outputs, eval_outputs = self._splits.outputs.pooled_features()
+      head = build_head(train_outputs[0].shape[-1], self._num_classes, hp)
+      history = fit_phase(head, hp.learning_rate, data.examples_of(*train_outputs),
+                          data.examples_of(*eval_outputs), hp, hp.batch_size, hp.epochs,
+                          stop_early=hp.stop_early)
+      self._best_head = head, values, history[OBJECTIVE][-1]
+    return self._best_head
+
+  def run_trial(self, trial, *args, **kwargs):
+    """The best head fine-tuned with the top blocks unfrozen, as the Trainer's phase 2 does
+    it: on cached activations of the frozen bottom blocks, or on augmented images."""
+    started = time.time()
+    head, values, frozen_loss = self._head()
+    hp = trial.hyperparameters
+    for name, value in values.items():
+      hp.Fixed(name, value)
+    blocks = hp.get("fine_tune_blocks")
+    head_copy = keras.models.clone_model(head)
+    head_copy.set_weights(head.get_weights())
+    base_hp = self._base_hp
+    base = registry.build_base(base_hp.backbone, base_hp.weights, base_hp.image_size or None)
+    registry.unfreeze_top_blocks(base, blocks)
+    if base_hp.fast_fine_tuning:
+      train_data, eval_data = (data.examples_of(*outputs)
+                               for outputs in self._splits.outputs.activations(blocks))
+      classifier = build_classifier(registry.split_at_top_blocks(base, blocks)[1], head_copy)
+    else:
+      train_data, eval_data = self._splits.images
+      classifier = build_classifier(base, head_copy)
+    history = fit_phase(classifier, hp.get("fine_tune_learning_rate"), train_data, eval_data,
+                        base_hp, base_hp.batch_size, self._space.depth_epochs,
+                        augment=not base_hp.fast_fine_tuning)
+    return {**_best_epoch(history, started), FROZEN_OBJECTIVE: frozen_loss}
+
+  def get_best_hyperparameters(self, num_trials=1):
+    return [best_hyperparameters(self.heads_oracle, self.oracle)]
+
+  def cache_counts(self) -> Dict[str, float]:
+    """What this tuner's search computed for the cache, for the summary (tuning/summary.py)."""
+    return _cache_counts(self._splits.outputs, self._feature_seconds)
+
+
+def head_values(trial) -> Dict[str, Any]:
+  """A head trial's values as the Trainer takes them: its cross-validated epoch count, trained
+  in full on every training image."""
+  return {**trial.hyperparameters.values, EPOCHS: int(round(metric(trial, EPOCHS))),
+          "stop_early": False}
+
+
+def best_hyperparameters(heads: StageOracle, depth: StageOracle) -> keras_tuner.HyperParameters:
+  """What the Trainer gets: the best fine-tune trial if it beat feature extraction (the
+  best head), else the best head with fine_tune_blocks 0."""
+  head = heads.get_best_trials(1)[0]
+  tuned = [trial for trial in depth.get_best_trials(1) if trial.status == Status.COMPLETED]
+  if tuned and paid_off(tuned[0]):
+    return tuned[0].hyperparameters
+  chosen = keras_tuner.HyperParameters()
+  for name, value in {**head_values(head), "fine_tune_blocks": 0}.items():
+    chosen.Fixed(name, value)
+  return chosen
+
+
+def paid_off(depth_trial) -> bool:
+  return depth_trial.score < metric(depth_trial, FROZEN_OBJECTIVE)
+
+
+def metric(trial, name):
+  return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
