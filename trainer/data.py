@@ -100,17 +100,20 @@ def count(examples: tf.data.Dataset) -> int:
 
 
 def training_batches(examples: tf.data.Dataset, batch_size: int, seed: int,
-                     augmentations: Sequence[str] = ()) -> Tuple[tf.data.Dataset, int]:
-  """Endless shuffled batches of (float32 inputs, labels), all full, and the steps that make
-  one epoch (every example at least once).
+                     augmentations: Sequence[str] = ()) -> tf.data.Dataset:
+  """One epoch of shuffled batches of (float32 inputs, labels): every example at least once,
+  the last batch filled up from the next shuffle, so all are full; reshuffled each epoch.
 
   No batch is partial: a distribution strategy splits a short last batch in replica-sized
   pieces, so some replicas get none (3 examples over 4 replicas: 1, 1, 1, 0), and oneDNN's
   kernels on some CPUs fail on an empty batch. `augmentations` (see augment) apply to image
   examples only: a new view of each image every time it comes round.
   """
+  # Finite, not endless with steps_per_epoch: Keras 3.12 runs an endless dataset 2-5x slower
+  # (a head on cached features: 0.33 s against 0.06 s an epoch).
   steps = math.ceil(count(examples) / batch_size)
-  dataset = examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+  dataset = (examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+             .take(steps * batch_size))
   if augmentations:
     dataset = dataset.enumerate().map(
         lambda step, example: (augment(example[0], tf.stack([tf.constant(seed, tf.int64), step]),
@@ -118,7 +121,7 @@ def training_batches(examples: tf.data.Dataset, batch_size: int, seed: int,
         num_parallel_calls=AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True).map(_as_float,
                                                                num_parallel_calls=AUTOTUNE)
-  return dataset.prefetch(AUTOTUNE), steps
+  return dataset.prefetch(AUTOTUNE)
 
 
 def inference_batches(examples: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

@@ -24,6 +24,9 @@ class HParams:
   fine_tune_epochs: int = 5
   patience: int = 3
   batch_size: int = 32  # per replica
+  # Phase 1 on cached pooled features: a head's step is tiny, so Keras's per-step overhead
+  # would dominate small batches.
+  feature_batch_size: int = 256  # per replica
   augment: str = ",".join(AUGMENTATIONS)  # comma list, or "" for none
   # The fast paths train on cached outputs of this many views of each training image: the
   # image, then augmented views (one pass of the base each).

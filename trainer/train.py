@@ -48,8 +48,8 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   eval_images = data.decoded_images(eval_files, image_size)
 
   def fit(model, learning_rate, train_examples, eval_examples, phase, initial_epoch, epochs,
-          augment, stop_early=True):
-    return fit_phase(model, learning_rate, train_examples, eval_examples, hp, global_batch,
+          augment, stop_early=True, batch_size=global_batch):
+    return fit_phase(model, learning_rate, train_examples, eval_examples, hp, batch_size,
                      epochs, initial_epoch=initial_epoch, augment=augment, stop_early=stop_early,
                      strategy=strategy,
                      run_dir=os.path.join(run_dir, "tensorboard", phase),
@@ -69,7 +69,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     train_outputs, eval_outputs = frozen_outputs.pooled_features()
     frozen = fit(head, hp.learning_rate, data.examples_of(*train_outputs),
                  data.examples_of(*eval_outputs), FROZEN, 0, hp.epochs, augment=False,
-                 stop_early=hp.stop_early)
+                 stop_early=hp.stop_early, batch_size=hp.feature_batch_size * replicas)
     with strategy.scope():
       classifier = build_classifier(base, head)
     # What the shipped model would be run on to predict the training examples: the cheapest
@@ -164,8 +164,8 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
     # on a distributed iterator (an unfed placeholder), so distributed fits take one.
     compile_for_training(model, learning_rate,
                          STEPS_PER_EXECUTION if not distributed else 1)
-  batches, steps = data.training_batches(train_examples, batch_size, hp.seed,
-                                         hp.augmentations if augment else ())
+  batches = data.training_batches(train_examples, batch_size, hp.seed,
+                                  hp.augmentations if augment else ())
   callbacks = [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size))]
   if stop_early:
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
@@ -174,7 +174,7 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
     callbacks.append(keras.callbacks.TensorBoard(run_dir))
   if backup_dir and worker_count() > 1:  # a restarted worker resumes from its last epoch
     callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-  return model.fit(batches, steps_per_epoch=steps, initial_epoch=initial_epoch,
+  return model.fit(batches, initial_epoch=initial_epoch,
                    epochs=initial_epoch + epochs, callbacks=callbacks, verbose=0).history
 
 

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
 
-from tuning.space import OBJECTIVE, SearchSpace
+from tuning.space import HEAD_OBJECTIVE, OBJECTIVE, SearchSpace
 
 log = logging.getLogger("headswap")
 
@@ -32,10 +32,10 @@ class StageOracle(keras_tuner.oracles.RandomSearchOracle):
   (enough tuners arrived, the stage before finished), stops handing out trials at a deadline
   and remembers which tuner ran each trial."""
 
-  def __init__(self, name: str, hyperparameters, max_trials: int, seed: int,
+  def __init__(self, name: str, objective, hyperparameters, max_trials: int, seed: int,
                deadline: Optional[float] = None, min_trials: int = 0,
                tuners_to_wait_for: int = 1, after: Optional["StageOracle"] = None):
-    super().__init__(objective=OBJECTIVE, max_trials=max_trials,
+    super().__init__(objective=objective, max_trials=max_trials,
                      hyperparameters=hyperparameters, seed=seed)
     self.name = name
     self.deadline = deadline
@@ -95,7 +95,7 @@ class StageOracle(keras_tuner.oracles.RandomSearchOracle):
     self.last_ended = time.time()
     ended = self.trials[trial.trial_id]
     log.info("%s trial %s (%s): %s, %s %s", self.name, ended.trial_id,
-             self.workers.get(ended.trial_id), ended.status, OBJECTIVE, ended.score)
+             self.workers.get(ended.trial_id), ended.status, self.objective.name, ended.score)
 
 
 def stage_oracles(space: SearchSpace, seed: int,
@@ -104,10 +104,10 @@ def stage_oracles(space: SearchSpace, seed: int,
   the head stage must run a trial whatever the time budget: it alone makes a result."""
   deadline = time.time() + space.seconds if space.seconds else None
   seed += 1  # KerasTuner draws a random seed for 0
-  heads = StageOracle(HEADS, space.head_hyperparameters(), space.head_trials, seed, deadline,
-                      min_trials=1, tuners_to_wait_for=tuners_to_wait_for)
-  depth = StageOracle(DEPTH, space.depth_hyperparameters(), space.depth_trials, seed, deadline,
-                      after=heads)
+  heads = StageOracle(HEADS, HEAD_OBJECTIVE, space.head_hyperparameters(), space.head_trials,
+                      seed, deadline, min_trials=1, tuners_to_wait_for=tuners_to_wait_for)
+  depth = StageOracle(DEPTH, OBJECTIVE, space.depth_hyperparameters(), space.depth_trials, seed,
+                      deadline, after=heads)
   return heads, depth
 
 

@@ -9,14 +9,14 @@ from typing import Any, Dict, List
 import tensorflow as tf
 
 from tuning.oracles import DEPTH, HEADS, StageOracle, Status
-from tuning.space import OBJECTIVE
+from tuning.space import HEAD_OBJECTIVE, OBJECTIVE
 from tuning.trials import (EPOCHS, FROZEN_OBJECTIVE, TransferTuner, best_hyperparameters, metric,
                            paid_off)
 
 
 def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
   return [{"trial": trial.trial_id, "worker": oracle.workers.get(trial.trial_id),
-           "status": trial.status, "score": trial.score,
+           "status": trial.status, "score": trial.score, OBJECTIVE: metric(trial, OBJECTIVE),
            "val_accuracy": metric(trial, "val_accuracy"), EPOCHS: metric(trial, EPOCHS),
            "seconds": metric(trial, "seconds"),
            "hyperparameters": trial.hyperparameters.values}
@@ -27,29 +27,35 @@ def summarize(heads: StageOracle, depth: StageOracle,
               computed: Dict[str, float]) -> Dict[str, Any]:
   """Every trial of both stages, and whether fine-tuning beat feature extraction."""
   head_rows, depth_rows = _trial_rows(heads), _trial_rows(depth)
-  best_head = min((row for row in head_rows if row["score"] is not None),
-                  key=lambda row: row["score"])
-  best_tuned = min((row for row in depth_rows if row["score"] is not None),
-                   key=lambda row: row["score"], default=None)
+  best_head = _best_first(head_rows, heads.objective.direction == "max")[0]
+  best_tuned = next(iter(_best_first(depth_rows, depth.objective.direction == "max")), None)
   tuned_trial = next(iter(depth.get_best_trials(1)), None)
   return {
       "best_hyperparameters": best_hyperparameters(heads, depth).values,
-      "objective": OBJECTIVE,
+      "objective": {HEADS: HEAD_OBJECTIVE.name, DEPTH: OBJECTIVE},
       "stages": {
           HEADS: {"trials": head_rows, "seconds": heads.seconds,
                   "feature_files_computed": computed["feature_files_computed"],
                   "feature_seconds": computed["feature_seconds"]},
           DEPTH: {"trials": depth_rows, "seconds": depth.seconds,
                   "activation_files_computed": computed["activation_files_computed"]}},
-      # score and val_accuracy: means over the folds of the training images
+      # score (val_accuracy) at the trial's best epoch, averaged over the folds of train
       "feature_extraction": {"score": best_head["score"], "epochs": best_head[EPOCHS],
                              "val_accuracy": best_head["val_accuracy"],
+                             OBJECTIVE: best_head[OBJECTIVE],
                              "eval_score": tuned_trial and metric(tuned_trial, FROZEN_OBJECTIVE)},
       "best_fine_tune": best_tuned and {
           "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
           "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
       "fine_tuning_paid_off": bool(tuned_trial and paid_off(tuned_trial)),
   }
+
+
+def _best_first(rows: List[Dict[str, Any]], maximize: bool) -> List[Dict[str, Any]]:
+  """Scored trials best first, then the unscored ones."""
+  scored = [row for row in rows if row["score"] is not None]
+  return sorted(scored, key=lambda row: row["score"], reverse=maximize) + [
+      row for row in rows if row["score"] is None]
 
 
 def summarize_tuner(tuner: TransferTuner) -> Dict[str, Any]:
@@ -65,11 +71,11 @@ def summary_table(summary: Dict[str, Any]) -> str:
              f"{content['feature_seconds']} s" if stage == HEADS else
              f"bottom activations: {content['activation_files_computed']} files computed")
     lines.append(f"{stage}: {len(content['trials'])} trials in {content['seconds']} s; {cache}")
-    lines.append(f"  {'trial':>5}  {'worker':8}  {OBJECTIVE:>8}  {'val_acc':>7}  {'epochs':>6}"
+    lines.append(f"  {'trial':>5}  {'worker':8}  {'val_loss':>8}  {'val_acc':>7}  {'epochs':>6}"
                  f"  {'seconds':>7}  hyperparameters")
-    for row in sorted(content["trials"], key=lambda r: (r["score"] is None, r["score"] or 0)):
+    for row in _best_first(content["trials"], summary["objective"][stage] == HEAD_OBJECTIVE.name):
       values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row["hyperparameters"].items()))
-      lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row['score']):>8}"
+      lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row[OBJECTIVE]):>8}"
                    f"  {_number(row['val_accuracy']):>7}  {_seconds(row[EPOCHS]):>6}"
                    f"  {_seconds(row['seconds']):>7}  "
                    f"{values}{'' if row['status'] == Status.COMPLETED else ' ' + row['status']}")
@@ -79,8 +85,9 @@ def summary_table(summary: Dict[str, Any]) -> str:
 
 def _verdict(summary: Dict[str, Any]) -> str:
   extraction = summary["feature_extraction"]
-  measured = (f"feature extraction {OBJECTIVE} {_number(extraction['score'])}, "
-              f"val_accuracy {_number(extraction['val_accuracy'])} over the folds of train")
+  measured = (f"feature extraction: val_accuracy {_number(extraction['val_accuracy'])}, "
+              f"{OBJECTIVE} {_number(extraction[OBJECTIVE])} after "
+              f"{_seconds(extraction[EPOCHS])} epochs, over the folds of train")
   tuned = summary["best_fine_tune"]
   if not tuned:
     return f"fine-tuning not tried (no depth trial ran): {measured}"

@@ -92,28 +92,29 @@ class _HeadTuner(keras_tuner.Tuner):
     return dataclasses.replace(self._base_hp, **hp.values)
 
   def run_trial(self, trial, train_outputs: feature_cache.Outputs, epochs: int):
-    """Each fold's head trains on the other images' views as the Trainer's phase 1 does and
-    stops early on the fold's images as they are; the trial's score is the folds' mean best
-    val_loss, its epoch count their median best epoch."""
+    """Each fold's head trains `epochs` epochs on the other images' views as the Trainer's
+    phase 1 does, scored after each on the fold's images as they are; the trial's result is
+    the epoch with the best accuracy averaged over the folds (the lower mean loss among
+    equals), and that epoch count."""
     started = time.time()
     values = self.hparams(trial.hyperparameters)
     features, labels = train_outputs
     images = len(labels) // values.cached_views
     fold_of = np.random.default_rng(values.seed).permutation(images) % self._folds
-    best = []
+    curves = []
     for fold in range(self._folds):
       held = fold_of == fold
       trained = np.tile(~held, values.cached_views)
       head = self.hypermodel.build(trial.hyperparameters)
-      history = fit_phase(head, values.learning_rate,
-                          data.examples_of(features[trained], labels[trained]),
-                          data.examples_of(features[:images][held], labels[:images][held]),
-                          values, values.batch_size, epochs)
-      best.append(_best_epoch(history, started))
-    return {OBJECTIVE: float(np.mean([fold[OBJECTIVE] for fold in best])),
-            "val_accuracy": float(np.mean([fold["val_accuracy"] for fold in best])),
-            EPOCHS: float(np.median([fold[EPOCHS] for fold in best])),
-            "seconds": round(time.time() - started, 2)}
+      curves.append(fit_phase(head, values.learning_rate,
+                              data.examples_of(features[trained], labels[trained]),
+                              data.examples_of(features[:images][held], labels[:images][held]),
+                              values, values.feature_batch_size, epochs, stop_early=False))
+    accuracy, loss = (np.mean([curve[name] for curve in curves], axis=0)
+                      for name in ("val_accuracy", OBJECTIVE))
+    best = int(np.lexsort((loss, -accuracy))[0])
+    return {"val_accuracy": float(accuracy[best]), OBJECTIVE: float(loss[best]),
+            EPOCHS: best + 1, "seconds": round(time.time() - started, 2)}
 
 
 class TransferTuner(keras_tuner.Tuner):
@@ -163,8 +164,8 @@ class TransferTuner(keras_tuner.Tuner):
       train_outputs, eval_outputs = self._splits.outputs.pooled_features()
       head = build_head(train_outputs[0].shape[-1], self._num_classes, hp)
       history = fit_phase(head, hp.learning_rate, data.examples_of(*train_outputs),
-                          data.examples_of(*eval_outputs), hp, hp.batch_size, hp.epochs,
-                          stop_early=hp.stop_early)
+                          data.examples_of(*eval_outputs), hp, hp.feature_batch_size,
+                          hp.epochs, stop_early=hp.stop_early)
       self._best_head = head, values, history[OBJECTIVE][-1]
     return self._best_head
 
@@ -205,7 +206,7 @@ class TransferTuner(keras_tuner.Tuner):
 def head_values(trial) -> Dict[str, Any]:
   """A head trial's values as the Trainer takes them: its cross-validated epoch count, trained
   in full on every training image."""
-  return {**trial.hyperparameters.values, EPOCHS: int(round(metric(trial, EPOCHS))),
+  return {**trial.hyperparameters.values, EPOCHS: int(metric(trial, EPOCHS)),
           "stop_early": False}
 
 
