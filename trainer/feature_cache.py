@@ -78,8 +78,8 @@ class FrozenOutputs:
     return [self._split_outputs(split, blocks) for split in range(len(self._splits))]
 
   def _split_outputs(self, split: int, blocks: int) -> Outputs:
-    files, images, views = (getattr(self._splits[split], name)
-                            for name in ("files", "images", "views"))
+    chosen = self._splits[split]
+    files, images, views = chosen.files, chosen.images, chosen.views
     views_key = (f"{views}|{','.join(self._augmentations)}|{self._seed}|{data.CROP_AREAS}|"
                  f"{data.CROP_ASPECT_RATIOS}" if views > 1 else "")
     path = cache_path(self._cache_dir, files, *self._key, f"top{blocks}" if blocks else "",

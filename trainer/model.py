@@ -5,8 +5,12 @@ import keras
 from trainer.hparams import HParams
 
 
-def build_head(feature_dim: int, num_classes: int, hp: HParams) -> keras.Model:
-  """Pooled features [B, D] -> class probabilities [B, C]."""
+def build_head(feature_dim: int, num_classes: int, hp: HParams,
+               seeded: bool = False) -> keras.Model:
+  """Pooled features [B, D] -> class probabilities [B, C]. `seeded` starts from hp.seed, so
+  the Trainer's phase 1 and the Tuner's best head begin from the same weights."""
+  if seeded:
+    keras.utils.set_random_seed(hp.seed)
   features = keras.Input((feature_dim,), name="pooled_features")
   x = features
   if hp.head_units:

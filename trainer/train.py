@@ -35,14 +35,13 @@ class TrainingRun:
 
 def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: HParams,
           feature_cache_dir: str, run_dir: str) -> TrainingRun:
-  keras.utils.set_random_seed(hp.seed)
   strategy = distribution_strategy(hp.cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   global_batch = hp.batch_size * replicas  # each replica keeps its batch size
   with strategy.scope():
     base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
     base.trainable = False
-    head = build_head(base.output_shape[-1], num_classes, hp)
+    head = build_head(base.output_shape[-1], num_classes, hp, seeded=True)
   image_size = base.input_shape[1]
   train_images = data.decoded_images(train_files, image_size)
   eval_images = data.decoded_images(eval_files, image_size)

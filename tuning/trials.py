@@ -135,7 +135,7 @@ class TransferTuner(keras_tuner.Tuner):
     self._feature_cache_dir = feature_cache_dir
     self._overwrite = overwrite
     self._head_tuner: Optional[_HeadTuner] = None
-    self._best_head: Optional[Tuple[keras.Model, Dict[str, Any]]] = None
+    self._best_head: Optional[Tuple[keras.Model, Dict[str, Any], float]] = None
     self._splits: Optional[Splits] = None
     self._feature_seconds = 0.0
 
@@ -162,7 +162,7 @@ class TransferTuner(keras_tuner.Tuner):
       values = head_values(self._head_tuner.oracle.get_best_trials(1)[0])
       hp = dataclasses.replace(self._base_hp, **values)
       train_outputs, eval_outputs = self._splits.outputs.pooled_features()
-      head = build_head(train_outputs[0].shape[-1], self._num_classes, hp)
+      head = build_head(train_outputs[0].shape[-1], self._num_classes, hp, seeded=True)
       history = fit_phase(head, hp.learning_rate, data.examples_of(*train_outputs),
                           data.examples_of(*eval_outputs), hp, hp.feature_batch_size,
                           hp.epochs, stop_early=hp.stop_early)
