@@ -70,6 +70,7 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
     assert re.search(rf"<td>{name}</td>", report)
   assert "BLESSED" in report
   assert os.path.exists(os.path.join(output, "report", "learning_curves.png"))
+  assert "after phase 1 (frozen base)" in report  # each phase's eval accuracy, side by side
   assert glob.glob(os.path.join(artifacts["TestEvaluator.evaluation"], "metrics*"))
 
 

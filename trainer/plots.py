@@ -1,14 +1,18 @@
 """Learning curves of both phases, with the moment fine-tuning started marked."""
 
+import io
 from typing import Dict, List
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: training runs have no screen
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
 
 
 def learning_curves(history: List[Dict[str, float]], path: str) -> str:
+  """Writes the curves as a PNG to `path`, local or gs:// (through tf.io.gfile: matplotlib
+  writes local files only, and a Vertex Trainer's model_run_dir is on GCS)."""
   epochs = [row["epoch"] for row in history]
   fine_tune_start = next((row["epoch"] - 0.5 for row in history if row["phase"] == "fine_tune"),
                          None)
@@ -24,6 +28,9 @@ def learning_curves(history: List[Dict[str, float]], path: str) -> str:
     axis.legend(loc="lower right" if metric == "accuracy" else "upper right")
   axes[1].set_xlabel("epoch")
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  image = io.BytesIO()
+  figure.savefig(image, format="png", dpi=100)
   plt.close(figure)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(image.getvalue())
   return path
