@@ -3,7 +3,7 @@
 import json
 import math
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import tensorflow as tf
 
