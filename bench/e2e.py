@@ -130,14 +130,17 @@ def headswap_results(output, run: Measured):
 
 
 def linear_probe(data, backbone):
-  """Test accuracy of a logistic regression on the backbone's frozen pooled features."""
+  """Test accuracy of a logistic regression on the backbone's frozen pooled features (side
+  by side: each backbone's at its native size, concatenated)."""
   import frozen_features
 
   backbone = backbone or "efficientnet_lite0"
   cache = tempfile.mkdtemp(prefix="headswap-probe-")
   try:
-    features = frozen_features.backbone_features(backbone, frozen_features.encoded_images(data),
-                                                 cache)
+    images = frozen_features.encoded_images(data)
+    features = frozen_features.concatenated({
+        name: frozen_features.backbone_features(name, images, cache)
+        for name in backbone.split("+")})
     scores = frozen_features.scores(features, "logistic_regression", seed=0)["train"]
   finally:
     shutil.rmtree(cache)

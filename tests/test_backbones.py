@@ -156,6 +156,42 @@ def test_registry_builds_keras_application_and_cuts_it_into_blocks(name):
   assert len(base.trainable_weights) == sum(len(layer.weights) for layer in expected)
 
 
+def test_side_by_side_base_joins_its_backbones_and_cuts_each(tmp_path):
+  """"a+b": pixels at the larger native size, each backbone's features on its own size side by
+  side; its sections chain back to the whole model; fine-tuning depth counts per backbone;
+  a weights file restores the whole model."""
+  keras.utils.set_random_seed(0)
+  base = registry.build_base("efficientnet_lite0+efficientnet_lite1", "none")
+  lite0, lite1 = registry.members(base)
+  pixels = np.random.default_rng(0).uniform(0, 255, (2, 240, 240, 3)).astype("float32")
+  features = base(pixels, training=False).numpy()
+  assert base.input_shape == (None, 240, 240, 3) and features.shape == (2, 2560)
+  np.testing.assert_allclose(features[:, :1280], lite0(tf.image.resize(pixels, (224, 224)),
+                                                       training=False), atol=1e-5)
+  np.testing.assert_allclose(features[:, 1280:], lite1(pixels, training=False), atol=1e-5)
+
+  bottom, top = registry.split_at_top_blocks(base, 2)
+  activations = bottom(pixels, training=False)
+  assert activations.shape == (2, 7 * 7 * 192 + 8 * 8 * 192)  # both cuts, flat, side by side
+  shallower = registry.section(base, 2, 1)(activations, training=False)
+  np.testing.assert_allclose(registry.section(base, 1, 0)(shallower, training=False), features,
+                             atol=1e-5)
+  np.testing.assert_allclose(top(activations, training=False), features, atol=1e-5)
+
+  assert list(registry.named_blocks(base))[-2:] == ["efficientnet_lite1/block7a",
+                                                     "efficientnet_lite1/top"]
+  unfrozen = registry.unfreeze_top_blocks(base, 1)
+  assert {layer.name for layer in unfrozen} == {"top_conv"}
+  assert len(base.trainable_weights) == 2  # each backbone's top_conv kernel
+
+  path = str(tmp_path / "side_by_side.weights.h5")
+  base.save_weights(path)
+  restored = registry.build_base("efficientnet_lite0+efficientnet_lite1", path)
+  np.testing.assert_allclose(restored(pixels, training=False), features, atol=1e-5)
+  with pytest.raises(ValueError, match="twice"):
+    registry.build_base("efficientnet_lite0+efficientnet_lite0", "none")
+
+
 def test_imagenet_weights_never_fall_back_to_random(tmp_path, monkeypatch):
   monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty Keras cache
   for name, (size, _, _) in APPLICATIONS.items():

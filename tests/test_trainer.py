@@ -16,6 +16,7 @@ from trainer.backbones import registry
 from trainer.hparams import HParams
 
 BACKBONE = "efficientnet_lite0"
+SIDE_BY_SIDE = "efficientnet_lite0+efficientnet_lite1"
 SIZE = 64
 
 
@@ -86,25 +87,35 @@ def test_outputs_from_one_pass_to_the_deepest_cut_equal_direct_ones(examples, in
   assert direct.computed == {feature_cache.POOLED: 1, feature_cache.ACTIVATIONS: 1}
 
 
-@pytest.mark.parametrize("on_cached_activations", [True, False])
+@pytest.mark.parametrize("backbone,on_cached_activations", [
+    (BACKBONE, True), (BACKBONE, False), (SIDE_BY_SIDE, True)])
 def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(
-    examples, initial_weights, tmp_path, on_cached_activations):
-  hp = _hparams(initial_weights, fine_tune_blocks=1, learning_rate=1e-2,
+    examples, tmp_path, backbone, on_cached_activations):
+  weights = str(tmp_path / "base.weights.h5")
+  registry.build_base(backbone, None, SIZE).save_weights(weights)
+  hp = _hparams(weights, backbone=backbone, fine_tune_blocks=1, learning_rate=1e-2,
                 fine_tune_learning_rate=1e-2, fast_fine_tuning=on_cached_activations)
   run = _train(examples, hp, tmp_path)
-  base = _base_of(run.classifier)
-  after = _weights_of(base)
-  before = _weights_of(registry.build_base(BACKBONE, initial_weights, SIZE))
-  top = {layer.name for block in registry.blocks(base)[-1:] for layer in block}
-  changed = {name.split("/")[0] for name in before if not np.array_equal(before[name], after[name])}
-  bn = {layer.name for layer in base.layers if "BatchNormalization" in type(layer).__name__}
+  bases = registry.members(_base_of(run.classifier)) or [_base_of(run.classifier)]
+  before_bases = registry.members(registry.build_base(backbone, weights, SIZE)) or \
+      [registry.build_base(backbone, weights, SIZE)]
+  after = {f"{base.name}/{name}": w for base in bases for name, w in _weights_of(base).items()}
+  before = {f"{base.name}/{name}": w for base in before_bases
+            for name, w in _weights_of(base).items()}
+  top = {f"{base.name}/{layer.name}" for base in bases
+         for block in registry.blocks(base)[-1:] for layer in block}
+  changed = {name.rsplit("/", 1)[0] for name in before
+             if not np.array_equal(before[name], after[name])}
+  bn = {f"{base.name}/{layer.name}" for base in bases for layer in base.layers
+        if "BatchNormalization" in type(layer).__name__}
 
   assert [row["phase"] for row in run.history] == ["frozen", "fine_tune"]
   assert run.history[-1]["epoch"] == 2  # the epoch count continues from phase 1
   assert run.summary["fine_tune"]["on_cached_activations"] == on_cached_activations
   assert changed <= top - bn
   if run.summary["fine_tune"]["kept"]:
-    assert changed, "fine-tuning was kept but no top-block weight changed"
+    # side by side: the top block of each backbone trained
+    assert {name.split("/")[0] for name in changed} == {base.name for base in bases}
   else:
     assert not changed  # worse than phase 1: the phase-1 weights were restored
 

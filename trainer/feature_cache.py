@@ -88,13 +88,12 @@ class FrozenOutputs:
       with tf.io.gfile.GFile(path, "rb") as f:
         cached = np.load(io.BytesIO(f.read()))
         return cached["features"], cached["labels"]
-    end = registry.top_blocks_input(self._base, blocks)
     if blocks < self._deepest:
       below = self._split_outputs(split, self._deepest)
-      part = keras.Model(registry.top_blocks_input(self._base, self._deepest), end)
+      part = registry.section(self._base, self._deepest, blocks)
       batches = data.inference_batches(data.examples_of(*below), self._batch_size)
     else:
-      part = keras.Model(self._base.input, end)
+      part = registry.section(self._base, None, blocks)
       batches = data.inference_batches(
           data.views(images, views, self._augmentations, self._seed), self._batch_size)
     log.info("computing %s outputs %s of %d view(s) once, into %s", self._base.name,

@@ -11,11 +11,13 @@ Keras's own cache, since this machine cannot download them.
 """
 
 import dataclasses
+import math
 import os
 import re
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import keras
+import numpy as np
 
 from trainer.backbones import WeightsUnavailableError, efficientnet_lite
 
@@ -166,18 +168,53 @@ BACKBONES: Dict[str, BackboneSpec] = {spec.name: spec for spec in [
 ]}
 
 
+SIDE_BY_SIDE = "+"  # "efficientnet_lite0+efficientnet_lite2": both bases, features side by side
+
+
 def get_backbone(name: str) -> BackboneSpec:
   if name not in BACKBONES:
-    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}, or "
+                     f"several joined by {SIDE_BY_SIDE!r} to use them side by side")
   return BACKBONES[name]
 
 
 def build_base(name: str, weights: Weights, image_size: Optional[int] = None) -> keras.Model:
   """The feature extractor for transfer learning: raw pixels [B, H, W, 3] -> pooled features
-  [B, C] (global average pooling), at the backbone's native size unless image_size is given."""
-  spec = get_backbone(name)
-  size = image_size or spec.image_size
-  return spec.build(weights, (size, size, 3), include_top=False, pooling="avg")
+  [B, C] (global average pooling), at the backbone's native size unless image_size is given.
+
+  Names joined by "+" build the backbones side by side: one model whose pixels (at the
+  largest native size) are resized inside for each backbone, and whose features are theirs
+  concatenated, a cheap ensemble that stays one SavedModel with one preprocessing path.
+  Weights "imagenet" or "none" apply to each; a file holds the whole side-by-side model's."""
+  names = name.split(SIDE_BY_SIDE)
+  if len(names) == 1:
+    spec = get_backbone(name)
+    size = image_size or spec.image_size
+    return spec.build(weights, (size, size, 3), include_top=False, pooling="avg")
+  if len(set(names)) < len(names):
+    raise ValueError(f"backbone {name!r} names the same backbone twice")
+  from_file = _weights_argument(weights) not in (None, "imagenet")
+  members = [build_base(member, None if from_file else weights, image_size) for member in names]
+  pixels = keras.Input((max(m.input_shape[1] for m in members),) * 2 + (3,), name="pixels")
+  features = [member(_resized_for(member, pixels)) for member in members]
+  # TensorFlow's name scopes take no "+".
+  model = keras.Model(pixels, keras.layers.Concatenate(name="side_by_side")(features),
+                      name="_and_".join(names))
+  if from_file:
+    model.load_weights(weights)
+  return model
+
+
+def _resized_for(member: keras.Model, pixels):
+  size = tuple(member.input_shape[1:3])
+  return pixels if tuple(pixels.shape[1:3]) == size else \
+      keras.layers.Resizing(*size, name=f"{member.name}_resize")(pixels)
+
+
+def members(model: keras.Model) -> List[keras.Model]:
+  """The backbones of a side-by-side model (build_base with "a+b"); [] for a single one,
+  whose layers are all plain layers."""
+  return [layer for layer in model.layers if isinstance(layer, keras.Model)]
 
 
 def named_blocks(model: keras.Model) -> Dict[str, List[keras.layers.Layer]]:
@@ -186,7 +223,11 @@ def named_blocks(model: keras.Model) -> Dict[str, List[keras.layers.Layer]]:
   Layers before the first layer with weights (input, preprocessing) and after the last block
   (pooling, classifier) belong to no block. A block is cut only where the whole network
   narrows to a single tensor, so a residual unit or an Inception module stays in one piece
-  and its unnamed layers (shortcut convolutions, branches) go with it."""
+  and its unnamed layers (shortcut convolutions, branches) go with it. Side by side, each
+  backbone's blocks, named "backbone/block"."""
+  if members(model):
+    return {f"{member.name}/{name}": layers for member in members(model)
+            for name, layers in named_blocks(member).items()}
   spec = _spec_of(model)
   layers = model.layers  # Keras lists a Functional model's layers in topological order
   position = {id(layer): i for i, layer in enumerate(layers)}
@@ -229,15 +270,18 @@ def blocks(model: keras.Model) -> List[List[keras.layers.Layer]]:
 
 
 def unfreeze_top_blocks(model: keras.Model, k: int) -> List[keras.layers.Layer]:
-  """Makes the layers of the last k blocks trainable and every other layer frozen.
+  """Makes the layers of the last k blocks trainable and every other layer frozen (side by
+  side: the last k blocks of each backbone).
 
   BatchNormalization layers stay frozen whatever k, so fine-tuning on a small dataset
   keeps their ImageNet statistics. Returns the layers with weights it made trainable."""
+  model.trainable = True  # a frozen model hides its layers' weights from the optimizer
+  if members(model):
+    return [layer for member in members(model) for layer in unfreeze_top_blocks(member, k)]
   all_blocks = blocks(model)
   if not 0 <= k <= len(all_blocks):
     raise ValueError(f"{model.name} has {len(all_blocks)} blocks; cannot unfreeze {k}")
   top = [layer for block in all_blocks[len(all_blocks) - k:] for layer in block]
-  model.trainable = True  # a frozen model hides its layers' weights from the optimizer
   unfrozen = [layer for layer in top if layer.trainable_weights
               and not isinstance(layer, keras.layers.BatchNormalization)]
   for layer in model.layers:
@@ -255,12 +299,37 @@ def split_at_top_blocks(model: keras.Model, k: int) -> Tuple[keras.Model, keras.
   narrows to one tensor, so that tensor is all the top needs)."""
   if not k:
     raise ValueError(f"cannot cut {model.name} at its output (the top 0 blocks)")
-  cut = top_blocks_input(model, k)
-  return keras.Model(model.input, cut, name=f"{model.name}_bottom"), \
-      keras.Model(cut, model.output, name=f"{model.name}_top{k}")
+  return section(model, None, k), section(model, k, 0)
 
 
-def top_blocks_input(model: keras.Model, k: int):
+def section(model: keras.Model, from_top: Optional[int], to_top: int) -> keras.Model:
+  """The part of the model from where its last `from_top` blocks begin (None: its pixels) to
+  where its last `to_top` blocks begin (0: its output), sharing the model's layers.
+
+  Side by side, each backbone's part, fed by a slice of one flat vector and flattened at
+  the end unless it is the output: cached activations stay one array per example."""
+  if not members(model):
+    start = model.input if from_top is None else _top_blocks_input(model, from_top)
+    return keras.Model(start, _top_blocks_input(model, to_top),
+                       name=f"{model.name}_{from_top or 'pixels'}_to_{to_top or 'output'}")
+  parts = [section(member, from_top, to_top) for member in members(model)]
+  if from_top is None:
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    starts = [_resized_for(member, inputs) for member in members(model)]
+  else:
+    shapes = [part.input_shape[1:] for part in parts]
+    inputs = keras.Input((sum(math.prod(shape) for shape in shapes),), name="activations")
+    ends = np.cumsum([math.prod(shape) for shape in shapes])
+    starts = [keras.layers.Reshape(shape)(inputs[:, end - math.prod(shape):end])
+              for shape, end in zip(shapes, ends)]
+  outputs = [part(start) for part, start in zip(parts, starts)]
+  if to_top:
+    outputs = [keras.layers.Flatten()(output) for output in outputs]
+  return keras.Model(inputs, keras.layers.Concatenate()(outputs),
+                     name=f"{model.name}_{from_top or 'pixels'}_to_{to_top or 'output'}")
+
+
+def _top_blocks_input(model: keras.Model, k: int):
   """The tensor where the model's last k blocks begin; for k = 0, the model's output."""
   all_blocks = blocks(model)
   if not 0 <= k <= len(all_blocks):
