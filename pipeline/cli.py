@@ -31,6 +31,8 @@ def _add_data_arguments(parser):
                       help="share of the training images held out for evaluation, by hash")
   parser.add_argument("--max-pixels", type=int, default=sources.DEFAULT_MAX_PIXELS,
                       help="images with more pixels are skipped as decompression bombs")
+  parser.add_argument("--max-file-bytes", type=int, default=sources.DEFAULT_MAX_FILE_BYTES,
+                      help="larger files are skipped without being read")
   parser.add_argument("--tfds-data-dir", help="TensorFlow Datasets data dir for tfds:<name>")
   parser.add_argument("--beam-args", default="",
                       help='Beam pipeline args, e.g. "--direct_num_workers=2 '
@@ -81,6 +83,7 @@ def _config(args, stages):
       name=name, root=os.path.join(args.output, "tfx"), data=args.data,
       labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir,
       eval_percent=args.eval_percent, max_pixels=args.max_pixels,
+      max_file_bytes=args.max_file_bytes,
       num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
       hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
       accuracy_threshold=getattr(args, "accuracy_threshold", 0.6),

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from components import features
-from components.image_example_gen import component, executor, sources
+from components.image_example_gen import component, decode, executor, sources
 from pipeline import cli
 from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
                             make_image, node_states, prepare_mock_tfds, read_examples, read_json,
@@ -159,6 +159,26 @@ def test_statistics_describe_readable_features_not_image_bytes(mixed):
     assert set(by_name) == set(features.READABLE)
     assert statistics.datasets[0].num_examples == len(mixed.examples[split])
   assert by_name[features.LABEL_NAME].string_stats.unique == 3
+
+
+# --- Files that are not images to read: a FIFO, a device, an oversize file ------------------
+
+def test_reader_reads_regular_files_up_to_the_limit_only(tmp_path, monkeypatch):
+  os.mkfifo(tmp_path / "fifo")  # a FIFO without a writer: open() alone would wait forever
+  os.symlink("/dev/zero", tmp_path / "zero")  # endless: read() alone would fill the memory
+  for name in ("fifo", "zero"):
+    with pytest.raises(decode.SkipImage, match="not a regular file"):
+      decode.read_bytes(str(tmp_path / name), max_bytes=100)
+  (tmp_path / "limit").write_bytes(b"x" * 100)
+  assert decode.read_bytes(str(tmp_path / "limit"), max_bytes=100) == b"x" * 100
+  with pytest.raises(decode.SkipImage, match="100 bytes: larger than the file size limit of 99 "):
+    decode.read_bytes(str(tmp_path / "limit"), max_bytes=99)
+  # A file larger than its stat says (it grew, or a filesystem lies): the read stops anyway.
+  (tmp_path / "small").write_bytes(b"x")
+  small = os.stat(tmp_path / "small")
+  monkeypatch.setattr(decode.os, "fstat", lambda descriptor: small)
+  with pytest.raises(decode.SkipImage, match="grew while read"):
+    decode.read_bytes(str(tmp_path / "limit"), max_bytes=50)
 
 
 # --- Pre-split folders: test kept as given, duplicates, a vanished class ---------------------

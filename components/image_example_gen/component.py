@@ -13,12 +13,14 @@ from tfx.proto import example_gen_pb2
 
 from components import features
 from components.image_example_gen import executor, sources
-from components.image_example_gen.sources import DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS
+from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
+                                                  DEFAULT_MAX_PIXELS)
 
 
 def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disable=invalid-name
                     eval_percent: int = DEFAULT_EVAL_PERCENT,
                     max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                     tfds_data_dir: Optional[str] = None) -> FileBasedExampleGen:
   """Ingests `data` (a folder, see sources.py, or "tfds:<name>") into train/eval[/test].
 
@@ -27,7 +29,7 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
   """
   if not 0 < eval_percent < 100:
     raise ValueError(f"eval_percent must be between 1 and 99, got {eval_percent}")
-  settings = {"max_pixels": max_pixels}
+  settings = {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes}
   layout = sources.detect_layout(data, labels_csv)
   if layout == "tfds":
     import tensorflow_datasets as tfds  # heavy: only for this source

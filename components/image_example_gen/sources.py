@@ -21,6 +21,9 @@ from components import features
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos
+# Checked before reading (a 2 GiB non-image once took 3.1 GB to be skipped); a 50 MP photo
+# is 10-30 MB as JPEG, but 150 MB as BMP or TIFF: raise --max-file-bytes for those.
+DEFAULT_MAX_FILE_BYTES = 64 * 2**20
 DEFAULT_EVAL_PERCENT = 20
 FILENAME_COLUMNS = ("filename", "file", "image", "id")
 LABEL_COLUMNS = ("label", "class", "category")
