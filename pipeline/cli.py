@@ -24,6 +24,9 @@ def _add_data_arguments(parser):
                       help="image folder (root/<class>/*, root/train|test/<class>/*, or images "
                            "with --labels) or tfds:<name> for a TensorFlow Datasets dataset")
   parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+  parser.add_argument("--allow-outside-root", action="store_true",
+                      help="read symlinks and --labels rows that lead outside --data "
+                           "(skipped by default)")
   parser.add_argument("--output", default=DEFAULT_OUTPUT,
                       help="folder for artifacts, metadata, served models and the report")
   parser.add_argument("--name", help="pipeline name (default: from the data folder)")
@@ -77,11 +80,13 @@ def pipeline_name(args) -> str:
 def _config(args, stages):
   from pipeline.pipeline import PipelineConfig
 
-  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir)
+  listing_options = dict(allow_outside_root=args.allow_outside_root)
+  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir,
+                                                  **listing_options)
   name = pipeline_name(args)
   return PipelineConfig(
       name=name, root=os.path.join(args.output, "tfx"), data=args.data,
-      labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir,
+      labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir, **listing_options,
       eval_percent=args.eval_percent, max_pixels=args.max_pixels,
       max_file_bytes=args.max_file_bytes,
       num_classes=len(class_names), has_test_split=has_test_split, stages=stages,

@@ -32,6 +32,7 @@ class PipelineConfig:
   root: str  # where TFX writes artifacts
   data: str
   labels_csv: Optional[str] = None
+  allow_outside_root: bool = False  # read symlinks and CSV rows leading outside data
   tfds_data_dir: Optional[str] = None
   eval_percent: int = DEFAULT_EVAL_PERCENT
   max_pixels: int = DEFAULT_MAX_PIXELS
@@ -64,6 +65,7 @@ TRAINER_FN, TUNER_FN = "trainer.task.run_fn", "tuning.component.tuner_fn"  # the
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx_pipeline.Pipeline:
   example_gen = ImageExampleGen(config.data, labels_csv=config.labels_csv,
+                                allow_outside_root=config.allow_outside_root,
                                 eval_percent=config.eval_percent, max_pixels=config.max_pixels,
                                 max_file_bytes=config.max_file_bytes,
                                 tfds_data_dir=config.tfds_data_dir)

@@ -161,7 +161,53 @@ def test_statistics_describe_readable_features_not_image_bytes(mixed):
   assert by_name[features.LABEL_NAME].string_stats.unique == 3
 
 
-# --- Files that are not images to read: a FIFO, a device, an oversize file ------------------
+# --- Hostile files: a FIFO, a device, an oversize file, a name that is not UTF-8 ------------
+
+MAX_FILE_BYTES = 20_000  # the 64-px JPEGs are ~3 kB; the 128-px PNG ~47 kB
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+  """cats/ and dogs/, cats/ also holding files that once hung or crashed the run.
+
+  Run with --allow-outside-root, so the /dev/zero link reaches the reader."""
+  root = tmp_path_factory.mktemp("hostile")
+  data = root / "pets"
+  write_class_folders(str(data))
+  cats = data / "cats"
+  os.mkfifo(cats / "fifo.jpg")
+  os.symlink("/dev/zero", cats / "zero.jpg")
+  make_image(CLASS_COLOURS["cats"], 41, size=128).save(cats / "large.png")
+  make_image(CLASS_COLOURS["cats"], 42).save(root / "elsewhere.jpg")
+  os.symlink(root / "elsewhere.jpg", cats / "outside.jpg")
+  with open(os.path.join(os.fsencode(cats), b"caf\xe9.jpg"), "wb") as f:  # Latin-1 name
+    make_image(CLASS_COLOURS["cats"], 43).save(f, format="JPEG")
+  return _ingest(data, root / "output", "--max-file-bytes", str(MAX_FILE_BYTES),
+                 "--allow-outside-root")
+
+
+def test_hostile_files_are_skipped_and_every_good_image_is_kept(hostile):
+  assert _skipped(hostile.report) == {
+      "cats/fifo.jpg": "not a regular file (a FIFO, device or socket)",
+      "cats/zero.jpg": "not a regular file (a FIFO, device or socket)",
+      "cats/large.png": f"{os.path.getsize(hostile.data / 'cats' / 'large.png'):,} bytes: "
+                        f"larger than the file size limit of {MAX_FILE_BYTES:,} bytes "
+                        "(raise --max-file-bytes to accept it)"}
+  rows = _by_file(hostile.examples)
+  assert set(rows) == {f"{name}/{name}.{i}.jpg" for name in CLASS_COLOURS for i in range(12)} | {
+      "cats/outside.jpg", "cats/caf\\xe9.jpg"}  # the byte escaped, as the report shows it
+  assert rows["cats/caf\\xe9.jpg"][features.LABEL_NAME] == "cats"
+
+
+def test_symlinks_leading_outside_the_data_folder_are_skipped_by_default(hostile):
+  listing = sources.list_images(str(hostile.data))
+  skipped = dict(listing.skipped)
+  assert skipped["cats/zero.jpg"] == "outside the data folder (it is /dev/zero; " \
+      "--allow-outside-root reads it)"
+  assert skipped["cats/outside.jpg"].startswith("outside the data folder")
+  assert "cats/outside.jpg" not in {c.source for c in listing.candidates}
+  assert "cats/fifo.jpg" in {c.source for c in listing.candidates}  # the reader skips it
+
 
 def test_reader_reads_regular_files_up_to_the_limit_only(tmp_path, monkeypatch):
   os.mkfifo(tmp_path / "fifo")  # a FIFO without a writer: open() alone would wait forever
@@ -341,7 +387,14 @@ def _test_class_unknown_to_train(data):
   return str(data / "test" / "zebras"), "no counterpart"
 
 
-@pytest.mark.parametrize("mistake", [_empty_class, _single_class, _test_class_unknown_to_train])
+def _class_folder_named_train(data):
+  write_class_folders(str(data))
+  write_class_folders(str(data), per_class=2, classes={"train": (0, 0, 0)})
+  return str(data / "train"), "a folder named train/ switched to the pre-split layout"
+
+
+@pytest.mark.parametrize("mistake", [_empty_class, _single_class, _test_class_unknown_to_train,
+                                     _class_folder_named_train])
 def test_layout_mistakes_stop_with_a_message_naming_the_folder(tmp_path, mistake):
   data = tmp_path / "data"
   folder, words = mistake(data)

@@ -150,7 +150,8 @@ class Executor(BaseExampleGenExecutor):
     listing = sources.list_images(
         settings.get("tfds_name") and sources.TFDS_PREFIX + settings["tfds_name"]
         or exec_properties[standard_component_specs.INPUT_BASE_KEY],
-        settings.get("labels_csv"), settings.get("tfds_data_dir"))
+        settings.get("labels_csv"), settings.get("tfds_data_dir"),
+        allow_outside_root=settings["allow_outside_root"])
     exec_properties[LISTING] = listing
     _write_json(os.path.join(artifact.uri, features.CLASS_NAMES_FILE), listing.class_names)
     super().Do(input_dict, output_dict, exec_properties)

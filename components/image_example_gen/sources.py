@@ -8,8 +8,9 @@ Four layouts are understood:
 
 Listing is cheap and runs before Beam; reading and decoding each image is Beam's job.
 Layout mistakes (an empty class folder, a single class, a test class unknown to train)
-raise IngestError naming the folder; a file that merely cannot be used is skipped
-with a reason so that the run goes on and the report says what was left out.
+raise IngestError naming the folder; a file that merely cannot be used (hidden, outside
+the data folder) is skipped with a reason so that the run goes on and the report says
+what was left out.
 """
 
 import csv
@@ -69,32 +70,54 @@ def detect_layout(root: str, labels_csv: Optional[str] = None) -> str:
 
 
 def list_images(root: str, labels_csv: Optional[str] = None,
-                tfds_data_dir: Optional[str] = None) -> Listing:
+                tfds_data_dir: Optional[str] = None, allow_outside_root: bool = False) -> Listing:
+  """The images under root; a symlink or CSV row leading outside it is skipped unless
+  allow_outside_root."""
   layout = detect_layout(root, labels_csv)
   if layout == "tfds":
     return _list_tfds(root[len(TFDS_PREFIX):], tfds_data_dir)
   if layout == "csv":
-    return _list_csv(root, labels_csv)
-  if layout == "presplit":
-    return _list_presplit(root)
-  skipped = []
-  class_names, candidates = _list_class_folders(root, "", None, skipped)
-  _require_two_classes(class_names, root)
-  return Listing(layout, class_names, candidates, skipped)
+    listing = _list_csv(root, labels_csv, allow_outside_root)
+  elif layout == "presplit":
+    listing = _list_presplit(root, allow_outside_root)
+  else:
+    skipped = []
+    class_names, candidates = _list_class_folders(root, "", None, skipped, allow_outside_root)
+    _require_two_classes(class_names, root)
+    listing = Listing(layout, class_names, candidates, skipped)
+  return _printable(listing)
 
 
-def preflight(root: str, labels_csv: Optional[str] = None,
-              tfds_data_dir: Optional[str] = None) -> Tuple[List[str], bool]:
+def preflight(root: str, labels_csv: Optional[str] = None, tfds_data_dir: Optional[str] = None,
+              **listing_options) -> Tuple[List[str], bool]:
   """(class names, whether a test split is given), cheaply, before any pipeline starts.
 
   Layout mistakes raise IngestError here, before TFX and Beam spend a minute starting.
+  listing_options are list_images's.
   """
   if detect_layout(root, labels_csv) == "tfds":
     builder = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir)
     _, label_key = _tfds_keys(builder)
     return sorted(builder.info.features[label_key].names), features.TEST in builder.info.splits
-  listing = list_images(root, labels_csv)
+  listing = list_images(root, labels_csv, **listing_options)
   return listing.class_names, any(c.given_split == features.TEST for c in listing.candidates)
+
+
+def shown(name: str) -> str:
+  """name as people and tf.Examples see it: bytes that are not UTF-8 escaped as \\xNN.
+
+  os.listdir gives such bytes as lone surrogates, which no encoder accepts; the image is
+  still read through its path as it is on disk.
+  """
+  return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _printable(listing: Listing) -> Listing:
+  return Listing(
+      listing.layout, sorted(shown(name) for name in listing.class_names),
+      [dataclasses.replace(c, source=shown(c.source), label_name=shown(c.label_name))
+       for c in listing.candidates],
+      [(shown(source), shown(reason)) for source, reason in listing.skipped])
 
 
 def _tfds_builder(name, data_dir):
@@ -122,7 +145,7 @@ def _tfds_keys(builder) -> Tuple[str, str]:
   return image_key, label_key
 
 
-def _list_class_folders(root, prefix, given_split, skipped):
+def _list_class_folders(root, prefix, given_split, skipped, allow_outside_root):
   """Lists root/prefix/<class>/* and returns (sorted class names, candidates)."""
   folder = os.path.join(root, prefix)
   class_names = []
@@ -136,7 +159,7 @@ def _list_class_folders(root, prefix, given_split, skipped):
     if not os.path.isdir(path):
       skipped.append((relative, "file outside any class folder"))
       continue
-    found = _list_files(root, relative, entry, given_split, skipped)
+    found = _list_files(root, relative, entry, given_split, skipped, allow_outside_root)
     if not found:
       raise IngestError(f"class folder {path!r} holds no images")
     class_names.append(entry)
@@ -144,11 +167,11 @@ def _list_class_folders(root, prefix, given_split, skipped):
   return class_names, candidates
 
 
-def _list_files(root, relative_folder, label_name, given_split, skipped):
+def _list_files(root, relative_folder, label_name, given_split, skipped, allow_outside_root):
   found = []
   for name in sorted(os.listdir(os.path.join(root, relative_folder))):
     relative = os.path.join(relative_folder, name)
-    reason = _unreadable_reason(os.path.join(root, relative), name)
+    reason = _unreadable_reason(root, relative, allow_outside_root)
     if reason:
       skipped.append((relative, reason))
     else:
@@ -156,9 +179,13 @@ def _list_files(root, relative_folder, label_name, given_split, skipped):
   return found
 
 
-def _unreadable_reason(path, name) -> Optional[str]:
-  if name.startswith("."):
+def _unreadable_reason(root, relative, allow_outside_root) -> Optional[str]:
+  path = os.path.join(root, relative)
+  if os.path.basename(relative).startswith("."):
     return "hidden"
+  real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+  if not allow_outside_root and os.path.commonpath([real_root, real_path]) != real_root:
+    return f"outside the data folder (it is {real_path}; --allow-outside-root reads it)"
   if os.path.islink(path) and not os.path.exists(path):
     return "broken symlink"
   if os.path.isdir(path):
@@ -166,21 +193,27 @@ def _unreadable_reason(path, name) -> Optional[str]:
   return None
 
 
-def _require_two_classes(class_names, where):
+def _require_two_classes(class_names, where, why_here=""):
   if len(class_names) < 2:
     found = f"only {class_names[0]!r}" if class_names else "none"
-    raise IngestError(f"{where!r} needs at least two class folders to classify; found {found}")
+    raise IngestError(
+        f"{where!r} needs at least two class folders to classify; found {found}{why_here}")
 
 
-def _list_presplit(root) -> Listing:
+def _list_presplit(root, allow_outside_root) -> Listing:
   skipped = []
   for entry in sorted(os.listdir(root)):
     if entry not in ("train", "test"):
       skipped.append((entry, "not a train/ or test/ folder"))
-  class_names, candidates = _list_class_folders(root, "train", None, skipped)
-  _require_two_classes(class_names, os.path.join(root, "train"))
+  class_names, candidates = _list_class_folders(root, "train", None, skipped,
+                                                allow_outside_root)
+  _require_two_classes(
+      class_names, os.path.join(root, "train"),
+      " (a folder named train/ switched to the pre-split layout, train/<class>/ and "
+      "test/<class>/; rename it if it is a class)")
   if os.path.isdir(os.path.join(root, "test")):
-    test_classes, test_candidates = _list_class_folders(root, "test", features.TEST, skipped)
+    test_classes, test_candidates = _list_class_folders(root, "test", features.TEST, skipped,
+                                                        allow_outside_root)
     unknown = sorted(set(test_classes) - set(class_names))
     if unknown:
       raise IngestError(
@@ -190,7 +223,7 @@ def _list_presplit(root) -> Listing:
   return Listing("presplit", class_names, candidates, skipped)
 
 
-def _list_csv(root, labels_csv) -> Listing:
+def _list_csv(root, labels_csv, allow_outside_root) -> Listing:
   if not os.path.isfile(labels_csv):
     raise IngestError(f"labels CSV {labels_csv!r} does not exist")
   with open(labels_csv, newline="", encoding="utf-8-sig") as f:
@@ -221,8 +254,9 @@ def _list_csv(root, labels_csv) -> Listing:
       relative = by_stem[relative][0]  # Kaggle's id columns often leave the extension out
     listed.add(relative)
     path = os.path.join(root, relative)
-    reason = "listed in the labels CSV but missing" if not os.path.lexists(path) else (
-        _unreadable_reason(path, os.path.basename(relative)))
+    reason = _unreadable_reason(root, relative, allow_outside_root)
+    if not reason and not os.path.lexists(path):
+      reason = "listed in the labels CSV but missing"
     if reason:
       skipped.append((relative, reason))
     else:
