@@ -24,6 +24,12 @@ def _add_data_arguments(parser):
                       help="image folder (root/<class>/*, root/train|test/<class>/*, or images "
                            "with --labels) or tfds:<name> for a TensorFlow Datasets dataset")
   parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+  parser.add_argument("--file-column",
+                      help="the --labels column of file names (default: one named "
+                           f"{'/'.join(sources.FILENAME_COLUMNS)}, or the first of two)")
+  parser.add_argument("--label-column",
+                      help="the --labels column of labels (default: one named "
+                           f"{'/'.join(sources.LABEL_COLUMNS)}, or the other of two)")
   parser.add_argument("--allow-outside-root", action="store_true",
                       help="read symlinks and --labels rows that lead outside --data "
                            "(skipped by default)")
@@ -80,7 +86,8 @@ def pipeline_name(args) -> str:
 def _config(args, stages):
   from pipeline.pipeline import PipelineConfig
 
-  listing_options = dict(allow_outside_root=args.allow_outside_root)
+  listing_options = dict(file_column=args.file_column, label_column=args.label_column,
+                         allow_outside_root=args.allow_outside_root)
   class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir,
                                                   **listing_options)
   name = pipeline_name(args)

@@ -32,6 +32,8 @@ class PipelineConfig:
   root: str  # where TFX writes artifacts
   data: str
   labels_csv: Optional[str] = None
+  file_column: Optional[str] = None  # of labels_csv; None: found by name (sources.py)
+  label_column: Optional[str] = None
   allow_outside_root: bool = False  # read symlinks and CSV rows leading outside data
   tfds_data_dir: Optional[str] = None
   eval_percent: int = DEFAULT_EVAL_PERCENT
@@ -65,6 +67,8 @@ TRAINER_FN, TUNER_FN = "trainer.task.run_fn", "tuning.component.tuner_fn"  # the
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx_pipeline.Pipeline:
   example_gen = ImageExampleGen(config.data, labels_csv=config.labels_csv,
+                                file_column=config.file_column,
+                                label_column=config.label_column,
                                 allow_outside_root=config.allow_outside_root,
                                 eval_percent=config.eval_percent, max_pixels=config.max_pixels,
                                 max_file_bytes=config.max_file_bytes,

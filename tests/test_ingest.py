@@ -6,6 +6,7 @@ every kind of bad file, and module-scoped fixtures share each run among the test
 
 import json
 import os
+import re
 import shutil
 import types
 
@@ -305,37 +306,86 @@ def kaggle(tmp_path_factory):
       make_image(colour, 500 + class_index * 100 + i).save(images / f"{image_id}.jpg")
       labels[image_id] = name
   make_image(CLASS_COLOURS["cats"], 999).save(images / "unlabelled.jpg")
-  rows = [f"{image_id},{name}" for image_id, name in labels.items()]
-  (root / "labels.csv").write_text("id,label\n" + "\n".join(rows + ["gone,cats", ",dogs"]) + "\n")
+  make_image(CLASS_COLOURS["cats"], 998).save(root / "outside.jpg")
+  rows = [f"{image_id},{name}" for image_id, name in labels.items()]  # lines 2 to 25
+  rows += ["gone,cats", ",dogs",  # lines 26 and 27
+           "000f3a,cats",  # line 28: listed again with the same label, once is enough
+           "010f3a,dogs",  # line 29: line 3 says cats
+           "../outside.jpg,cats"]  # line 30: outside the data folder
+  (root / "labels.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
   run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"))
-  return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"))
+  return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"),
+                               outside=os.path.realpath(root / "outside.jpg"))
 
 
 def test_csv_labels_images_of_a_flat_folder(kaggle):
   rows = _by_file(kaggle.examples)
   assert {name: row[features.LABEL_NAME] for name, row in rows.items()} == {
-      f"{image_id}.jpg": name for image_id, name in kaggle.labels.items()}
+      f"{image_id}.jpg": name for image_id, name in kaggle.labels.items() if image_id != "010f3a"}
   assert kaggle.report["layout"] == "csv"
   assert kaggle.report["class_names"] == ["cats", "dogs"]
   assert _skipped(kaggle.report) == {
       "gone": "listed in the labels CSV but missing",
       f"{kaggle.csv}:27": "CSV row without a file name and label",
-      "unlabelled.jpg": "not in the labels CSV"}
+      "unlabelled.jpg": "not in the labels CSV",
+      "010f3a.jpg": "labelled 'cats' (line 3) and 'dogs' (line 29) in the labels CSV",
+      "../outside.jpg": f"outside the data folder (it is {kaggle.outside}; "
+                        "--allow-outside-root reads it)"}
 
 
-@pytest.mark.parametrize("header", ["filename,label", "id,label", "image,class",
-                                    "File,Category"])
-def test_csv_header_names_the_file_and_label_columns(tmp_path, header):
+def _three_images(tmp_path):
   images = tmp_path / "images"
   images.mkdir()
   for i, name in enumerate(["cats", "dogs", "cats"]):
     make_image(CLASS_COLOURS[name], i).save(images / f"{i}.png")
+  return images
+
+
+THREE_LABELS = [("0.png", "cats"), ("1.png", "dogs"), ("2.png", "cats")]
+
+
+@pytest.mark.parametrize("header", ["filename,label", "id,label", "image,class",
+                                    "File,Category", "id,breed", "image_id,breed"])
+def test_csv_header_names_the_file_and_label_columns(tmp_path, header):
+  images = _three_images(tmp_path)
   (tmp_path / "labels.csv").write_text(f"{header}\n0.png,cats\n1.png,dogs\n2.png,cats\n")
   listing = sources.list_images(str(images), str(tmp_path / "labels.csv"))
   assert listing.class_names == ["cats", "dogs"]
-  assert [(c.source, c.label_name) for c in listing.candidates] == [
-      ("0.png", "cats"), ("1.png", "dogs"), ("2.png", "cats")]
+  assert [(c.source, c.label_name) for c in listing.candidates] == THREE_LABELS
   assert listing.skipped == []
+
+
+def test_csv_columns_named_by_flags(tmp_path):
+  images = _three_images(tmp_path)
+  labels = tmp_path / "labels.csv"
+  labels.write_text("path,width,breed\n0.png,64,cats\n1.png,64,dogs\n2.png,64,cats\n")
+  listing = sources.list_images(str(images), str(labels), file_column="path",
+                                label_column="Breed")
+  assert [(c.source, c.label_name) for c in listing.candidates] == THREE_LABELS
+  with pytest.raises(sources.IngestError, match=re.escape("no column 'name' (--file-column)")):
+    sources.list_images(str(images), str(labels), file_column="name", label_column="breed")
+  with pytest.raises(sources.IngestError, match="or --file-column and --label-column"):
+    sources.list_images(str(images), str(labels))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"file,label\n0.png,cats\n1.png,d\0gs\n", "line 3 holds a NUL byte"),
+    ("file,label\n0.png,cats\n1.png,ch\u00e9vre\n".encode("latin-1"),
+     "line 3 is not UTF-8 (byte 0xe9)"),
+    (b"file,label\n0.png,cats\n" + b"x" * 200_000 + b",dogs\n", "line 3: field larger"),
+])
+def test_csv_mistakes_stop_with_one_line_naming_the_line(tmp_path, content, words):
+  images = _three_images(tmp_path)
+  labels = tmp_path / "labels.csv"
+  labels.write_bytes(content)
+  with pytest.raises(sources.IngestError, match=re.escape(words)) as error:
+    sources.list_images(str(images), str(labels))
+  assert str(error.value).startswith(f"labels CSV {str(labels)!r} line ")
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["ingest", "--data", str(images), "--labels", str(labels),
+              "--output", str(tmp_path / "output")])
+  assert exit_.value.code == f"headswap: {error.value}"  # one line, no traceback
+  assert "\n" not in exit_.value.code
 
 
 # --- TensorFlow Datasets, offline through tfds.testing.mock_data ----------------------------

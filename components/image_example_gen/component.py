@@ -18,6 +18,7 @@ from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_
 
 
 def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disable=invalid-name
+                    file_column: Optional[str] = None, label_column: Optional[str] = None,
                     allow_outside_root: bool = False,
                     eval_percent: int = DEFAULT_EVAL_PERCENT,
                     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -27,7 +28,7 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
 
   The eval split is carved from the training images by a hash of their content, so an
   image always lands in the same split; a user-given test split is kept as given.
-  allow_outside_root is sources.list_images's.
+  file_column, label_column and allow_outside_root are sources.list_images's.
   """
   if not 0 < eval_percent < 100:
     raise ValueError(f"eval_percent must be between 1 and 99, got {eval_percent}")
@@ -43,7 +44,8 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
     tfds_name = None
     input_base = os.path.abspath(data)
   if labels_csv:
-    settings["labels_csv"] = os.path.abspath(labels_csv)
+    settings.update(labels_csv=os.path.abspath(labels_csv), file_column=file_column or "",
+                    label_column=label_column or "")
     # TFX fingerprints the image files only; a relabelled CSV must invalidate the cache too.
     with open(labels_csv, "rb") as f:
       settings["labels_csv_sha256"] = hashlib.sha256(f.read()).hexdigest()

@@ -151,6 +151,7 @@ class Executor(BaseExampleGenExecutor):
         settings.get("tfds_name") and sources.TFDS_PREFIX + settings["tfds_name"]
         or exec_properties[standard_component_specs.INPUT_BASE_KEY],
         settings.get("labels_csv"), settings.get("tfds_data_dir"),
+        file_column=settings.get("file_column"), label_column=settings.get("label_column"),
         allow_outside_root=settings["allow_outside_root"])
     exec_properties[LISTING] = listing
     _write_json(os.path.join(artifact.uri, features.CLASS_NAMES_FILE), listing.class_names)
