@@ -24,6 +24,15 @@ def _add_data_arguments(parser):
                       help="image folder (root/<class>/*, root/train|test/<class>/*, or images "
                            "with --labels) or tfds:<name> for a TensorFlow Datasets dataset")
   parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+  parser.add_argument("--file-column",
+                      help="the --labels column of file names (default: one named "
+                           f"{'/'.join(sources.FILENAME_COLUMNS)}, or the first of two)")
+  parser.add_argument("--label-column",
+                      help="the --labels column of labels (default: one named "
+                           f"{'/'.join(sources.LABEL_COLUMNS)}, or the other of two)")
+  parser.add_argument("--allow-outside-root", action="store_true",
+                      help="read symlinks and --labels rows that lead outside --data "
+                           "(skipped by default)")
   parser.add_argument("--output", default=DEFAULT_OUTPUT,
                       help="folder for artifacts, metadata, served models and the report")
   parser.add_argument("--name", help="pipeline name (default: from the data folder)")
@@ -31,6 +40,8 @@ def _add_data_arguments(parser):
                       help="share of the training images held out for evaluation, by hash")
   parser.add_argument("--max-pixels", type=int, default=sources.DEFAULT_MAX_PIXELS,
                       help="images with more pixels are skipped as decompression bombs")
+  parser.add_argument("--max-file-bytes", type=int, default=sources.DEFAULT_MAX_FILE_BYTES,
+                      help="larger files are skipped without being read")
   parser.add_argument("--tfds-data-dir", help="TensorFlow Datasets data dir for tfds:<name>")
   parser.add_argument("--beam-args", default="",
                       help='Beam pipeline args, e.g. "--direct_num_workers=2 '
@@ -75,12 +86,16 @@ def pipeline_name(args) -> str:
 def _config(args, stages):
   from pipeline.pipeline import PipelineConfig
 
-  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir)
+  listing_options = dict(file_column=args.file_column, label_column=args.label_column,
+                         allow_outside_root=args.allow_outside_root)
+  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir,
+                                                  **listing_options)
   name = pipeline_name(args)
   return PipelineConfig(
       name=name, root=os.path.join(args.output, "tfx"), data=args.data,
-      labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir,
+      labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir, **listing_options,
       eval_percent=args.eval_percent, max_pixels=args.max_pixels,
+      max_file_bytes=args.max_file_bytes,
       num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
       hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
       accuracy_threshold=getattr(args, "accuracy_threshold", 0.6),

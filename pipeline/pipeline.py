@@ -20,7 +20,8 @@ from components import features
 from components.atomic_pusher import executor as atomic_pusher
 from pipeline import beam_args
 from components.image_example_gen.component import ImageExampleGen
-from components.image_example_gen.sources import DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS
+from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
+                                                  DEFAULT_MAX_PIXELS)
 from tuning.component import Tuner as TransferTuner
 
 
@@ -31,9 +32,13 @@ class PipelineConfig:
   root: str  # where TFX writes artifacts
   data: str
   labels_csv: Optional[str] = None
+  file_column: Optional[str] = None  # of labels_csv; None: found by name (sources.py)
+  label_column: Optional[str] = None
+  allow_outside_root: bool = False  # read symlinks and CSV rows leading outside data
   tfds_data_dir: Optional[str] = None
   eval_percent: int = DEFAULT_EVAL_PERCENT
   max_pixels: int = DEFAULT_MAX_PIXELS
+  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
   num_classes: Optional[int] = None  # known when the data was listed up front: enables checks
   stages: str = "all"  # "ingest" stops after data validation
   has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
@@ -62,7 +67,11 @@ TRAINER_FN, TUNER_FN = "trainer.task.run_fn", "tuning.component.tuner_fn"  # the
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx_pipeline.Pipeline:
   example_gen = ImageExampleGen(config.data, labels_csv=config.labels_csv,
+                                file_column=config.file_column,
+                                label_column=config.label_column,
+                                allow_outside_root=config.allow_outside_root,
                                 eval_percent=config.eval_percent, max_pixels=config.max_pixels,
+                                max_file_bytes=config.max_file_bytes,
                                 tfds_data_dir=config.tfds_data_dir)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs["examples"],

@@ -6,6 +6,7 @@ every kind of bad file, and module-scoped fixtures share each run among the test
 
 import json
 import os
+import re
 import shutil
 import types
 
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from components import features
-from components.image_example_gen import component, executor, sources
+from components.image_example_gen import component, decode, executor, sources
 from pipeline import cli
 from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
                             make_image, node_states, prepare_mock_tfds, read_examples, read_json,
@@ -161,6 +162,72 @@ def test_statistics_describe_readable_features_not_image_bytes(mixed):
   assert by_name[features.LABEL_NAME].string_stats.unique == 3
 
 
+# --- Hostile files: a FIFO, a device, an oversize file, a name that is not UTF-8 ------------
+
+MAX_FILE_BYTES = 20_000  # the 64-px JPEGs are ~3 kB; the 128-px PNG ~47 kB
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+  """cats/ and dogs/, cats/ also holding files that once hung or crashed the run.
+
+  Run with --allow-outside-root, so the /dev/zero link reaches the reader."""
+  root = tmp_path_factory.mktemp("hostile")
+  data = root / "pets"
+  write_class_folders(str(data))
+  cats = data / "cats"
+  os.mkfifo(cats / "fifo.jpg")
+  os.symlink("/dev/zero", cats / "zero.jpg")
+  make_image(CLASS_COLOURS["cats"], 41, size=128).save(cats / "large.png")
+  make_image(CLASS_COLOURS["cats"], 42).save(root / "elsewhere.jpg")
+  os.symlink(root / "elsewhere.jpg", cats / "outside.jpg")
+  with open(os.path.join(os.fsencode(cats), b"caf\xe9.jpg"), "wb") as f:  # Latin-1 name
+    make_image(CLASS_COLOURS["cats"], 43).save(f, format="JPEG")
+  return _ingest(data, root / "output", "--max-file-bytes", str(MAX_FILE_BYTES),
+                 "--allow-outside-root")
+
+
+def test_hostile_files_are_skipped_and_every_good_image_is_kept(hostile):
+  assert _skipped(hostile.report) == {
+      "cats/fifo.jpg": "not a regular file (a FIFO, device or socket)",
+      "cats/zero.jpg": "not a regular file (a FIFO, device or socket)",
+      "cats/large.png": f"{os.path.getsize(hostile.data / 'cats' / 'large.png'):,} bytes: "
+                        f"larger than the file size limit of {MAX_FILE_BYTES:,} bytes "
+                        "(raise --max-file-bytes to accept it)"}
+  rows = _by_file(hostile.examples)
+  assert set(rows) == {f"{name}/{name}.{i}.jpg" for name in CLASS_COLOURS for i in range(12)} | {
+      "cats/outside.jpg", "cats/caf\\xe9.jpg"}  # the byte escaped, as the report shows it
+  assert rows["cats/caf\\xe9.jpg"][features.LABEL_NAME] == "cats"
+
+
+def test_symlinks_leading_outside_the_data_folder_are_skipped_by_default(hostile):
+  listing = sources.list_images(str(hostile.data))
+  skipped = dict(listing.skipped)
+  assert skipped["cats/zero.jpg"] == "outside the data folder (it is /dev/zero; " \
+      "--allow-outside-root reads it)"
+  assert skipped["cats/outside.jpg"].startswith("outside the data folder")
+  assert "cats/outside.jpg" not in {c.source for c in listing.candidates}
+  assert "cats/fifo.jpg" in {c.source for c in listing.candidates}  # the reader skips it
+
+
+def test_reader_reads_regular_files_up_to_the_limit_only(tmp_path, monkeypatch):
+  os.mkfifo(tmp_path / "fifo")  # a FIFO without a writer: open() alone would wait forever
+  os.symlink("/dev/zero", tmp_path / "zero")  # endless: read() alone would fill the memory
+  for name in ("fifo", "zero"):
+    with pytest.raises(decode.SkipImage, match="not a regular file"):
+      decode.read_bytes(str(tmp_path / name), max_bytes=100)
+  (tmp_path / "limit").write_bytes(b"x" * 100)
+  assert decode.read_bytes(str(tmp_path / "limit"), max_bytes=100) == b"x" * 100
+  with pytest.raises(decode.SkipImage, match="100 bytes: larger than the file size limit of 99 "):
+    decode.read_bytes(str(tmp_path / "limit"), max_bytes=99)
+  # A file larger than its stat says (it grew, or a filesystem lies): the read stops anyway.
+  (tmp_path / "small").write_bytes(b"x")
+  small = os.stat(tmp_path / "small")
+  monkeypatch.setattr(decode.os, "fstat", lambda descriptor: small)
+  with pytest.raises(decode.SkipImage, match="grew while read"):
+    decode.read_bytes(str(tmp_path / "limit"), max_bytes=50)
+
+
 # --- Pre-split folders: test kept as given, duplicates, a vanished class ---------------------
 
 @pytest.fixture(scope="module")
@@ -239,37 +306,86 @@ def kaggle(tmp_path_factory):
       make_image(colour, 500 + class_index * 100 + i).save(images / f"{image_id}.jpg")
       labels[image_id] = name
   make_image(CLASS_COLOURS["cats"], 999).save(images / "unlabelled.jpg")
-  rows = [f"{image_id},{name}" for image_id, name in labels.items()]
-  (root / "labels.csv").write_text("id,label\n" + "\n".join(rows + ["gone,cats", ",dogs"]) + "\n")
+  make_image(CLASS_COLOURS["cats"], 998).save(root / "outside.jpg")
+  rows = [f"{image_id},{name}" for image_id, name in labels.items()]  # lines 2 to 25
+  rows += ["gone,cats", ",dogs",  # lines 26 and 27
+           "000f3a,cats",  # line 28: listed again with the same label, once is enough
+           "010f3a,dogs",  # line 29: line 3 says cats
+           "../outside.jpg,cats"]  # line 30: outside the data folder
+  (root / "labels.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
   run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"))
-  return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"))
+  return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"),
+                               outside=os.path.realpath(root / "outside.jpg"))
 
 
 def test_csv_labels_images_of_a_flat_folder(kaggle):
   rows = _by_file(kaggle.examples)
   assert {name: row[features.LABEL_NAME] for name, row in rows.items()} == {
-      f"{image_id}.jpg": name for image_id, name in kaggle.labels.items()}
+      f"{image_id}.jpg": name for image_id, name in kaggle.labels.items() if image_id != "010f3a"}
   assert kaggle.report["layout"] == "csv"
   assert kaggle.report["class_names"] == ["cats", "dogs"]
   assert _skipped(kaggle.report) == {
       "gone": "listed in the labels CSV but missing",
       f"{kaggle.csv}:27": "CSV row without a file name and label",
-      "unlabelled.jpg": "not in the labels CSV"}
+      "unlabelled.jpg": "not in the labels CSV",
+      "010f3a.jpg": "labelled 'cats' (line 3) and 'dogs' (line 29) in the labels CSV",
+      "../outside.jpg": f"outside the data folder (it is {kaggle.outside}; "
+                        "--allow-outside-root reads it)"}
 
 
-@pytest.mark.parametrize("header", ["filename,label", "id,label", "image,class",
-                                    "File,Category"])
-def test_csv_header_names_the_file_and_label_columns(tmp_path, header):
+def _three_images(tmp_path):
   images = tmp_path / "images"
   images.mkdir()
   for i, name in enumerate(["cats", "dogs", "cats"]):
     make_image(CLASS_COLOURS[name], i).save(images / f"{i}.png")
+  return images
+
+
+THREE_LABELS = [("0.png", "cats"), ("1.png", "dogs"), ("2.png", "cats")]
+
+
+@pytest.mark.parametrize("header", ["filename,label", "id,label", "image,class",
+                                    "File,Category", "id,breed", "image_id,breed"])
+def test_csv_header_names_the_file_and_label_columns(tmp_path, header):
+  images = _three_images(tmp_path)
   (tmp_path / "labels.csv").write_text(f"{header}\n0.png,cats\n1.png,dogs\n2.png,cats\n")
   listing = sources.list_images(str(images), str(tmp_path / "labels.csv"))
   assert listing.class_names == ["cats", "dogs"]
-  assert [(c.source, c.label_name) for c in listing.candidates] == [
-      ("0.png", "cats"), ("1.png", "dogs"), ("2.png", "cats")]
+  assert [(c.source, c.label_name) for c in listing.candidates] == THREE_LABELS
   assert listing.skipped == []
+
+
+def test_csv_columns_named_by_flags(tmp_path):
+  images = _three_images(tmp_path)
+  labels = tmp_path / "labels.csv"
+  labels.write_text("path,width,breed\n0.png,64,cats\n1.png,64,dogs\n2.png,64,cats\n")
+  listing = sources.list_images(str(images), str(labels), file_column="path",
+                                label_column="Breed")
+  assert [(c.source, c.label_name) for c in listing.candidates] == THREE_LABELS
+  with pytest.raises(sources.IngestError, match=re.escape("no column 'name' (--file-column)")):
+    sources.list_images(str(images), str(labels), file_column="name", label_column="breed")
+  with pytest.raises(sources.IngestError, match="or --file-column and --label-column"):
+    sources.list_images(str(images), str(labels))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"file,label\n0.png,cats\n1.png,d\0gs\n", "line 3 holds a NUL byte"),
+    ("file,label\n0.png,cats\n1.png,ch\u00e9vre\n".encode("latin-1"),
+     "line 3 is not UTF-8 (byte 0xe9)"),
+    (b"file,label\n0.png,cats\n" + b"x" * 200_000 + b",dogs\n", "line 3: field larger"),
+])
+def test_csv_mistakes_stop_with_one_line_naming_the_line(tmp_path, content, words):
+  images = _three_images(tmp_path)
+  labels = tmp_path / "labels.csv"
+  labels.write_bytes(content)
+  with pytest.raises(sources.IngestError, match=re.escape(words)) as error:
+    sources.list_images(str(images), str(labels))
+  assert str(error.value).startswith(f"labels CSV {str(labels)!r} line ")
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["ingest", "--data", str(images), "--labels", str(labels),
+              "--output", str(tmp_path / "output")])
+  assert exit_.value.code == f"headswap: {error.value}"  # one line, no traceback
+  assert "\n" not in exit_.value.code
 
 
 # --- TensorFlow Datasets, offline through tfds.testing.mock_data ----------------------------
@@ -321,7 +437,14 @@ def _test_class_unknown_to_train(data):
   return str(data / "test" / "zebras"), "no counterpart"
 
 
-@pytest.mark.parametrize("mistake", [_empty_class, _single_class, _test_class_unknown_to_train])
+def _class_folder_named_train(data):
+  write_class_folders(str(data))
+  write_class_folders(str(data), per_class=2, classes={"train": (0, 0, 0)})
+  return str(data / "train"), "a folder named train/ switched to the pre-split layout"
+
+
+@pytest.mark.parametrize("mistake", [_empty_class, _single_class, _test_class_unknown_to_train,
+                                     _class_folder_named_train])
 def test_layout_mistakes_stop_with_a_message_naming_the_folder(tmp_path, mistake):
   data = tmp_path / "data"
   folder, words = mistake(data)

@@ -13,21 +13,27 @@ from tfx.proto import example_gen_pb2
 
 from components import features
 from components.image_example_gen import executor, sources
-from components.image_example_gen.sources import DEFAULT_EVAL_PERCENT, DEFAULT_MAX_PIXELS
+from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
+                                                  DEFAULT_MAX_PIXELS)
 
 
 def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disable=invalid-name
+                    file_column: Optional[str] = None, label_column: Optional[str] = None,
+                    allow_outside_root: bool = False,
                     eval_percent: int = DEFAULT_EVAL_PERCENT,
                     max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                     tfds_data_dir: Optional[str] = None) -> FileBasedExampleGen:
   """Ingests `data` (a folder, see sources.py, or "tfds:<name>") into train/eval[/test].
 
   The eval split is carved from the training images by a hash of their content, so an
   image always lands in the same split; a user-given test split is kept as given.
+  file_column, label_column and allow_outside_root are sources.list_images's.
   """
   if not 0 < eval_percent < 100:
     raise ValueError(f"eval_percent must be between 1 and 99, got {eval_percent}")
-  settings = {"max_pixels": max_pixels}
+  settings = {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes,
+              "allow_outside_root": allow_outside_root}
   layout = sources.detect_layout(data, labels_csv)
   if layout == "tfds":
     import tensorflow_datasets as tfds  # heavy: only for this source
@@ -38,7 +44,8 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
     tfds_name = None
     input_base = os.path.abspath(data)
   if labels_csv:
-    settings["labels_csv"] = os.path.abspath(labels_csv)
+    settings.update(labels_csv=os.path.abspath(labels_csv), file_column=file_column or "",
+                    label_column=label_column or "")
     # TFX fingerprints the image files only; a relabelled CSV must invalidate the cache too.
     with open(labels_csv, "rb") as f:
       settings["labels_csv_sha256"] = hashlib.sha256(f.read()).hexdigest()
@@ -52,7 +59,8 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
 
   packed = any_pb2.Any()
   packed.Pack(struct_pb2.Struct(fields={
-      key: struct_pb2.Value(string_value=str(value)) if isinstance(value, str)
+      key: struct_pb2.Value(string_value=value) if isinstance(value, str)
+      else struct_pb2.Value(bool_value=value) if isinstance(value, bool)
       else struct_pb2.Value(number_value=value) for key, value in settings.items()}))
   return _FileBasedImageExampleGen(
       input_base=input_base,
@@ -88,8 +96,9 @@ def input_fingerprint(input_base: str, patterns) -> str:
     for match in matches:
       for path in _walk(match):
         stat = os.lstat(path)
-        digest.update(f"{os.path.relpath(path, input_base)}\0{stat.st_size}"
-                      f"\0{stat.st_mtime_ns}\n".encode())
+        # fsencode: a name that is not UTF-8 is hashed as its bytes on disk.
+        digest.update(os.fsencode(os.path.relpath(path, input_base)) +
+                      f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
   return f"files sha256:{digest.hexdigest()}"
 
 

@@ -8,12 +8,15 @@ see orientation tags. Anything unusable raises SkipImage with a reason for the r
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 
 import tensorflow as tf
 from PIL import Image, ImageOps
 
 from components import features
+from components.image_example_gen.sources import DEFAULT_MAX_FILE_BYTES
 
 KEPT_FORMATS = ("JPEG", "PNG")
 EXIF_ORIENTATION = 0x0112
@@ -24,12 +27,32 @@ class SkipImage(Exception):
   """This file is left out of the examples; str(self) is the reason."""
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+  """The bytes of a regular file of at most max_bytes, or SkipImage.
+
+  Opened without blocking, so a FIFO cannot hang the run; checked on the open descriptor,
+  so what is read is what was checked; read to max_bytes + 1 at most, so a device such as
+  /dev/zero or a file that grows after the check cannot fill the memory.
+  """
   try:
-    with open(path, "rb") as f:
-      return f.read()
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
   except OSError as error:
     raise SkipImage(f"unreadable: {error.strerror or error}") from error
+  with open(descriptor, "rb") as f:
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+      raise SkipImage("not a regular file (a FIFO, device or socket)")
+    too_big = (f"larger than the file size limit of {max_bytes:,} bytes "
+               "(raise --max-file-bytes to accept it)")
+    if status.st_size > max_bytes:
+      raise SkipImage(f"{status.st_size:,} bytes: {too_big}")
+    try:
+      data = f.read(max_bytes + 1)
+    except OSError as error:
+      raise SkipImage(f"unreadable: {error.strerror or error}") from error
+  if len(data) > max_bytes:
+    raise SkipImage(f"grew while read: {too_big}")
+  return data
 
 
 def to_example(data: bytes, source: str, label: int, label_name: str,

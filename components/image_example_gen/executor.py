@@ -43,9 +43,10 @@ def output_buckets(exec_properties: Dict[str, Any]) -> Dict[str, int]:
 class _DecodeImages(beam.DoFn):
   """Reads and decodes each image once; emits (split, example) or a skip reason."""
 
-  def __init__(self, class_names, max_pixels, train_buckets, total_buckets):
+  def __init__(self, class_names, max_pixels, max_file_bytes, train_buckets, total_buckets):
     self._class_index = {name: i for i, name in enumerate(class_names)}
     self._max_pixels = max_pixels
+    self._max_file_bytes = max_file_bytes
     self._train_buckets = train_buckets
     self._total_buckets = total_buckets
     self._done = 0
@@ -54,7 +55,8 @@ class _DecodeImages(beam.DoFn):
 
   def process(self, candidate: sources.Candidate):
     try:
-      data = candidate.data if candidate.path is None else decode.read_bytes(candidate.path)
+      data = candidate.data if candidate.path is None else decode.read_bytes(
+          candidate.path, self._max_file_bytes)
       example = decode.to_example(data, candidate.source,
                                   self._class_index[candidate.label_name],
                                   candidate.label_name, self._max_pixels)
@@ -148,7 +150,9 @@ class Executor(BaseExampleGenExecutor):
     listing = sources.list_images(
         settings.get("tfds_name") and sources.TFDS_PREFIX + settings["tfds_name"]
         or exec_properties[standard_component_specs.INPUT_BASE_KEY],
-        settings.get("labels_csv"), settings.get("tfds_data_dir"))
+        settings.get("labels_csv"), settings.get("tfds_data_dir"),
+        file_column=settings.get("file_column"), label_column=settings.get("label_column"),
+        allow_outside_root=settings["allow_outside_root"])
     exec_properties[LISTING] = listing
     _write_json(os.path.join(artifact.uri, features.CLASS_NAMES_FILE), listing.class_names)
     super().Do(input_dict, output_dict, exec_properties)
@@ -193,7 +197,8 @@ def _ImagesToExamples(pipeline, exec_properties, split_pattern):
   results = (pipeline
              | "ListImages" >> beam.Create(listing.candidates, reshuffle=True)
              | "Decode" >> beam.ParDo(_DecodeImages(
-                 listing.class_names, int(settings["max_pixels"]), train_buckets,
+                 listing.class_names, int(settings["max_pixels"]),
+                 int(settings["max_file_bytes"]), train_buckets,
                  total_buckets)).with_outputs(SKIPPED, main="examples"))
   return results.examples, results[SKIPPED]
 

@@ -7,13 +7,16 @@ Four layouts are understood:
   tfds      a TensorFlow Datasets image-classification dataset, "tfds:<name>"
 
 Listing is cheap and runs before Beam; reading and decoding each image is Beam's job.
-Layout mistakes (an empty class folder, a single class, a test class unknown to train)
-raise IngestError naming the folder; a file that merely cannot be used is skipped
-with a reason so that the run goes on and the report says what was left out.
+Layout mistakes (an empty class folder, a single class, a test class unknown to train, a
+malformed labels CSV) raise IngestError naming the folder or line; a file that merely
+cannot be used (hidden, outside the data folder, labelled twice) is skipped with a reason
+so that the run goes on and the report says what was left out.
 """
 
+import codecs
 import csv
 import dataclasses
+import io
 import os
 from typing import List, Optional, Tuple
 
@@ -21,6 +24,9 @@ from components import features
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos
+# Checked before reading (a 2 GiB non-image once took 3.1 GB to be skipped); a 50 MP photo
+# is 10-30 MB as JPEG, but 150 MB as BMP or TIFF: raise --max-file-bytes for those.
+DEFAULT_MAX_FILE_BYTES = 64 * 2**20
 DEFAULT_EVAL_PERCENT = 20
 FILENAME_COLUMNS = ("filename", "file", "image", "id")
 LABEL_COLUMNS = ("label", "class", "category")
@@ -66,32 +72,57 @@ def detect_layout(root: str, labels_csv: Optional[str] = None) -> str:
 
 
 def list_images(root: str, labels_csv: Optional[str] = None,
-                tfds_data_dir: Optional[str] = None) -> Listing:
+                tfds_data_dir: Optional[str] = None, file_column: Optional[str] = None,
+                label_column: Optional[str] = None, allow_outside_root: bool = False) -> Listing:
+  """The images under root; file_column and label_column name the labels CSV's columns.
+
+  A symlink or CSV row leading outside root is skipped unless allow_outside_root.
+  """
   layout = detect_layout(root, labels_csv)
   if layout == "tfds":
     return _list_tfds(root[len(TFDS_PREFIX):], tfds_data_dir)
   if layout == "csv":
-    return _list_csv(root, labels_csv)
-  if layout == "presplit":
-    return _list_presplit(root)
-  skipped = []
-  class_names, candidates = _list_class_folders(root, "", None, skipped)
-  _require_two_classes(class_names, root)
-  return Listing(layout, class_names, candidates, skipped)
+    listing = _list_csv(root, labels_csv, file_column, label_column, allow_outside_root)
+  elif layout == "presplit":
+    listing = _list_presplit(root, allow_outside_root)
+  else:
+    skipped = []
+    class_names, candidates = _list_class_folders(root, "", None, skipped, allow_outside_root)
+    _require_two_classes(class_names, root)
+    listing = Listing(layout, class_names, candidates, skipped)
+  return _printable(listing)
 
 
-def preflight(root: str, labels_csv: Optional[str] = None,
-              tfds_data_dir: Optional[str] = None) -> Tuple[List[str], bool]:
+def preflight(root: str, labels_csv: Optional[str] = None, tfds_data_dir: Optional[str] = None,
+              **listing_options) -> Tuple[List[str], bool]:
   """(class names, whether a test split is given), cheaply, before any pipeline starts.
 
   Layout mistakes raise IngestError here, before TFX and Beam spend a minute starting.
+  listing_options are list_images's.
   """
   if detect_layout(root, labels_csv) == "tfds":
     builder = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir)
     _, label_key = _tfds_keys(builder)
     return sorted(builder.info.features[label_key].names), features.TEST in builder.info.splits
-  listing = list_images(root, labels_csv)
+  listing = list_images(root, labels_csv, **listing_options)
   return listing.class_names, any(c.given_split == features.TEST for c in listing.candidates)
+
+
+def shown(name: str) -> str:
+  """name as people and tf.Examples see it: bytes that are not UTF-8 escaped as \\xNN.
+
+  os.listdir gives such bytes as lone surrogates, which no encoder accepts; the image is
+  still read through its path as it is on disk.
+  """
+  return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _printable(listing: Listing) -> Listing:
+  return Listing(
+      listing.layout, sorted(shown(name) for name in listing.class_names),
+      [dataclasses.replace(c, source=shown(c.source), label_name=shown(c.label_name))
+       for c in listing.candidates],
+      [(shown(source), shown(reason)) for source, reason in listing.skipped])
 
 
 def _tfds_builder(name, data_dir):
@@ -119,7 +150,7 @@ def _tfds_keys(builder) -> Tuple[str, str]:
   return image_key, label_key
 
 
-def _list_class_folders(root, prefix, given_split, skipped):
+def _list_class_folders(root, prefix, given_split, skipped, allow_outside_root):
   """Lists root/prefix/<class>/* and returns (sorted class names, candidates)."""
   folder = os.path.join(root, prefix)
   class_names = []
@@ -133,7 +164,7 @@ def _list_class_folders(root, prefix, given_split, skipped):
     if not os.path.isdir(path):
       skipped.append((relative, "file outside any class folder"))
       continue
-    found = _list_files(root, relative, entry, given_split, skipped)
+    found = _list_files(root, relative, entry, given_split, skipped, allow_outside_root)
     if not found:
       raise IngestError(f"class folder {path!r} holds no images")
     class_names.append(entry)
@@ -141,11 +172,11 @@ def _list_class_folders(root, prefix, given_split, skipped):
   return class_names, candidates
 
 
-def _list_files(root, relative_folder, label_name, given_split, skipped):
+def _list_files(root, relative_folder, label_name, given_split, skipped, allow_outside_root):
   found = []
   for name in sorted(os.listdir(os.path.join(root, relative_folder))):
     relative = os.path.join(relative_folder, name)
-    reason = _unreadable_reason(os.path.join(root, relative), name)
+    reason = _unreadable_reason(root, relative, allow_outside_root)
     if reason:
       skipped.append((relative, reason))
     else:
@@ -153,9 +184,13 @@ def _list_files(root, relative_folder, label_name, given_split, skipped):
   return found
 
 
-def _unreadable_reason(path, name) -> Optional[str]:
-  if name.startswith("."):
+def _unreadable_reason(root, relative, allow_outside_root) -> Optional[str]:
+  path = os.path.join(root, relative)
+  if os.path.basename(relative).startswith("."):
     return "hidden"
+  real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+  if not allow_outside_root and os.path.commonpath([real_root, real_path]) != real_root:
+    return f"outside the data folder (it is {real_path}; --allow-outside-root reads it)"
   if os.path.islink(path) and not os.path.exists(path):
     return "broken symlink"
   if os.path.isdir(path):
@@ -163,21 +198,27 @@ def _unreadable_reason(path, name) -> Optional[str]:
   return None
 
 
-def _require_two_classes(class_names, where):
+def _require_two_classes(class_names, where, why_here=""):
   if len(class_names) < 2:
     found = f"only {class_names[0]!r}" if class_names else "none"
-    raise IngestError(f"{where!r} needs at least two class folders to classify; found {found}")
+    raise IngestError(
+        f"{where!r} needs at least two class folders to classify; found {found}{why_here}")
 
 
-def _list_presplit(root) -> Listing:
+def _list_presplit(root, allow_outside_root) -> Listing:
   skipped = []
   for entry in sorted(os.listdir(root)):
     if entry not in ("train", "test"):
       skipped.append((entry, "not a train/ or test/ folder"))
-  class_names, candidates = _list_class_folders(root, "train", None, skipped)
-  _require_two_classes(class_names, os.path.join(root, "train"))
+  class_names, candidates = _list_class_folders(root, "train", None, skipped,
+                                                allow_outside_root)
+  _require_two_classes(
+      class_names, os.path.join(root, "train"),
+      " (a folder named train/ switched to the pre-split layout, train/<class>/ and "
+      "test/<class>/; rename it if it is a class)")
   if os.path.isdir(os.path.join(root, "test")):
-    test_classes, test_candidates = _list_class_folders(root, "test", features.TEST, skipped)
+    test_classes, test_candidates = _list_class_folders(root, "test", features.TEST, skipped,
+                                                        allow_outside_root)
     unknown = sorted(set(test_classes) - set(class_names))
     if unknown:
       raise IngestError(
@@ -187,49 +228,100 @@ def _list_presplit(root) -> Listing:
   return Listing("presplit", class_names, candidates, skipped)
 
 
-def _list_csv(root, labels_csv) -> Listing:
-  if not os.path.isfile(labels_csv):
-    raise IngestError(f"labels CSV {labels_csv!r} does not exist")
-  with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-    rows = list(csv.reader(f))
+def _list_csv(root, labels_csv, file_column, label_column, allow_outside_root) -> Listing:
+  rows = _read_csv(labels_csv)
   if not rows:
     raise IngestError(f"labels CSV {labels_csv!r} is empty")
-  header = [column.strip().lower() for column in rows[0]]
-  file_column = next((header.index(c) for c in FILENAME_COLUMNS if c in header), None)
-  label_column = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
-  if file_column is None or label_column is None:
-    raise IngestError(
-        f"labels CSV {labels_csv!r} needs a header naming a file column "
-        f"({'/'.join(FILENAME_COLUMNS)}) and a label column ({'/'.join(LABEL_COLUMNS)}); "
-        f"its first row is {rows[0]}")
+  file_index, label_index = _csv_columns(labels_csv, rows[0], file_column, label_column)
   skipped = []
-  candidates = []
-  listed = set()
+  labels = {}  # file -> {label: first line giving it}, in the CSV's order
   by_stem = {}
   for name in os.listdir(root):
     by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
   for line_number, row in enumerate(rows[1:], start=2):
-    if (len(row) <= max(file_column, label_column) or not row[file_column].strip()
-        or not row[label_column].strip()):
+    if (len(row) <= max(file_index, label_index) or not row[file_index].strip()
+        or not row[label_index].strip()):
       skipped.append((f"{labels_csv}:{line_number}", "CSV row without a file name and label"))
       continue
-    relative = row[file_column].strip()
+    relative = row[file_index].strip()
     if not os.path.lexists(os.path.join(root, relative)) and len(by_stem.get(relative, [])) == 1:
       relative = by_stem[relative][0]  # Kaggle's id columns often leave the extension out
-    listed.add(relative)
+    labels.setdefault(os.path.normpath(relative), {}).setdefault(
+        row[label_index].strip(), line_number)
+  candidates = []
+  for relative, lines in labels.items():
     path = os.path.join(root, relative)
-    reason = "listed in the labels CSV but missing" if not os.path.lexists(path) else (
-        _unreadable_reason(path, os.path.basename(relative)))
+    reason = _unreadable_reason(root, relative, allow_outside_root)
+    if len(lines) > 1:
+      reason = "labelled " + " and ".join(
+          f"{label!r} (line {line})" for label, line in lines.items()) + " in the labels CSV"
+    elif not reason and not os.path.lexists(path):
+      reason = "listed in the labels CSV but missing"
     if reason:
       skipped.append((relative, reason))
     else:
-      candidates.append(Candidate(relative, row[label_column].strip(), None, path=path))
+      candidates.append(Candidate(relative, next(iter(lines)), None, path=path))
   for name in sorted(os.listdir(root)):
-    if name not in listed and os.path.join(root, name) != os.path.abspath(labels_csv):
+    if name not in labels and os.path.join(root, name) != os.path.abspath(labels_csv):
       skipped.append((name, "not in the labels CSV"))
   class_names = sorted({c.label_name for c in candidates})
   _require_two_classes(class_names, labels_csv)
   return Listing("csv", class_names, candidates, skipped)
+
+
+def _read_csv(labels_csv) -> List[List[str]]:
+  """The rows of a UTF-8 CSV; anything else stops with the line it went wrong on."""
+  if not os.path.isfile(labels_csv):
+    raise IngestError(f"labels CSV {labels_csv!r} does not exist or is not a file")
+  with open(labels_csv, "rb") as f:
+    data = f.read().removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
+
+  def line_of(offset):
+    return data.count(b"\n", 0, offset) + 1
+
+  nul = data.find(b"\0")
+  if nul >= 0:
+    raise IngestError(f"labels CSV {labels_csv!r} line {line_of(nul)} holds a NUL byte; "
+                      "is it a text file?")
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise IngestError(
+        f"labels CSV {labels_csv!r} line {line_of(error.start)} is not UTF-8 (byte "
+        f"0x{data[error.start]:02x}); save the file as UTF-8") from error
+  reader = csv.reader(io.StringIO(text, newline=""))
+  try:
+    return list(reader)
+  except csv.Error as error:
+    raise IngestError(f"labels CSV {labels_csv!r} line {reader.line_num}: {error}") from error
+
+
+def _csv_columns(labels_csv, header, file_column, label_column) -> Tuple[int, int]:
+  """(file column, label column): named by the flags, or by a known name, or for a CSV of
+  two columns (Kaggle's id,breed) the one left over, file first."""
+  names = [column.strip().lower() for column in header]
+
+  def find(given, known, flag):
+    if not given:
+      return next((names.index(c) for c in known if c in names), None)
+    if given.strip().lower() not in names:
+      raise IngestError(f"labels CSV {labels_csv!r} has no column {given!r} ({flag}); "
+                        f"its header (line 1) is {header}")
+    return names.index(given.strip().lower())
+
+  file_index = find(file_column, FILENAME_COLUMNS, "--file-column")
+  label_index = find(label_column, LABEL_COLUMNS, "--label-column")
+  if len(names) == 2:
+    if file_index is None:
+      file_index = 0 if label_index in (None, 1) else 1
+    if label_index is None:
+      label_index = 1 - file_index
+  if file_index is None or label_index is None or file_index == label_index:
+    raise IngestError(
+        f"labels CSV {labels_csv!r} needs a header naming a file column "
+        f"({'/'.join(FILENAME_COLUMNS)}) and a label column ({'/'.join(LABEL_COLUMNS)}), or "
+        f"--file-column and --label-column; its header (line 1) is {header}")
+  return file_index, label_index
 
 
 def _list_tfds(name, data_dir) -> Listing:
