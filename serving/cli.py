@@ -30,6 +30,11 @@ def _positive(kind):
   return parse
 
 
+def _host_names(text: str):
+  """("localhost", "::1") of "LocalHost,[::1]": as the server compares Host headers."""
+  return tuple(name.strip().strip("[]").lower() for name in text.split(","))
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model-base-path", required=True,
                       help="folder of numbered SavedModel versions, e.g. OUTPUT/serving/<name>; "
@@ -52,8 +57,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max-body-bytes", type=_positive(int),
                       default=ServerConfig.max_body_bytes, help="largest request body")
   parser.add_argument("--max-pixels", type=_positive(int), default=ServerConfig.max_pixels,
-                      help="largest image, in pixels (all frames of a GIF): decompression bomb "
-                           "guard")
+                      help="largest image, in pixels (a GIF's first frame, the one served): "
+                           "decompression bomb guard")
+  parser.add_argument("--decode-threads", type=_positive(int),
+                      default=ServerConfig.decode_threads,
+                      help="images decoded at once (each up to --max-pixels); more wait")
+  parser.add_argument("--read-timeout-seconds", type=_positive(float),
+                      default=ServerConfig.read_timeout_seconds,
+                      help="time a client has to send a request's head, and then its body")
+  parser.add_argument("--allowed-hosts", type=_host_names,
+                      help="comma-separated names a request's Host header may give, or '*' for "
+                           f"any (default: {','.join(ServerConfig.allowed_hosts)} and --host): "
+                           "other names are refused, so that a web page cannot reach the "
+                           "server through a DNS name rebound to this machine")
   parser.add_argument("--poll-seconds", type=_positive(float), default=ServerConfig.poll_seconds,
                       help="how often to look for a newly pushed version")
 
@@ -69,7 +85,9 @@ def serve_main(args: argparse.Namespace) -> None:
       model_base_path=args.model_base_path, model_name=args.model_name,
       max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
       max_instances=args.max_instances, max_body_bytes=args.max_body_bytes,
-      max_pixels=args.max_pixels, poll_seconds=args.poll_seconds)
+      max_pixels=args.max_pixels, poll_seconds=args.poll_seconds,
+      decode_threads=args.decode_threads, read_timeout_seconds=args.read_timeout_seconds,
+      allowed_hosts=args.allowed_hosts or ServerConfig.allowed_hosts + _host_names(args.host))
   try:
     server.run(config, args.host, args.port)
   except server.NoModelError as error:

@@ -10,7 +10,6 @@ import httpx
 
 from serving.config import ServerConfig
 from serving.errors import RequestError
-from serving.images import check_image
 
 MODEL_URL = re.compile(r"(?P<server>.+?)/v1/models/(?P<name>[^/:]+)/?")
 
@@ -51,7 +50,7 @@ def predict_local(model_path: str, image_paths: Sequence[str],
                   max_pixels: int = ServerConfig.max_pixels,
                   batch_size: int = ServerConfig.max_batch_size) -> List[ImageResult]:
   """`model_path` is a SavedModel or a base path of numbered versions (the newest is used)."""
-  from serving import models  # TensorFlow: only for this mode
+  from serving import images, models  # TensorFlow: only for this mode
 
   model = models.LoadedModel(models.resolve_saved_model(model_path))
   results, readable = [], []
@@ -59,9 +58,7 @@ def predict_local(model_path: str, image_paths: Sequence[str],
     result = ImageResult(path, class_names=model.class_names)
     results.append(result)
     try:
-      data = _read(path)
-      check_image(data, max_pixels)
-      readable.append((result, data))
+      readable.append((result, images.upright_rgb(_read(path), max_pixels)))
     except (OSError, RequestError) as error:
       result.error = str(error)
   for start in range(0, len(readable), batch_size):

@@ -2,6 +2,9 @@
 
 import dataclasses
 import os
+from typing import Tuple
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclasses.dataclass
@@ -14,6 +17,11 @@ class ServerConfig:
   max_body_bytes: int = 32 * 1024 * 1024
   max_pixels: int = 50_000_000  # per image, as at ingest: decompression bomb guard
   poll_seconds: float = 1.0  # how often to look for a newly pushed version
+  # Host headers answered ("*": any). Only loopback names by default, so a web page whose
+  # name is rebound to 127.0.0.1 cannot drive the server from the user's browser.
+  allowed_hosts: Tuple[str, ...] = LOOPBACK_NAMES
+  read_timeout_seconds: float = 30.0  # to send a request's head, and then its body
+  decode_threads: int = 2  # images decoded at once, each up to max_pixels: bounds CPU and memory
 
   @property
   def name(self) -> str:

@@ -2,12 +2,20 @@
 
 from http import HTTPStatus
 
+MAX_MESSAGE_CHARS = 500  # a message may quote the request: never echo a megabyte back
+
+
+def shorten(message: str) -> str:
+  if len(message) <= MAX_MESSAGE_CHARS:
+    return message
+  return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message):,} characters)"
+
 
 class RequestError(Exception):
   """A refused request: `status` is the HTTP code, str(self) the {"error": ...} message."""
 
   def __init__(self, status: HTTPStatus, message: str):
-    super().__init__(message)
+    super().__init__(shorten(message))
     self.status = status
 
   def for_image(self, index: int) -> "RequestError":

@@ -10,7 +10,7 @@ import json
 from typing import Dict, List, Optional, Sequence
 
 from serving.errors import RequestError, bad_request, too_large
-from serving.images import check_image
+from serving.images import upright_rgb
 from serving.models import LoadedModel, Prediction
 from trainer import export
 
@@ -25,7 +25,8 @@ class PredictRequest:
 
 
 def parse_predict_request(body: bytes, max_instances: int, max_pixels: int) -> PredictRequest:
-  """The images of a :predict body, each checked; raises RequestError naming the problem."""
+  """The images of a :predict body, each decoded as ingest decodes it (upright RGB JPEG or PNG
+  bytes); raises RequestError naming the problem."""
   try:
     request = json.loads(body)
   except (ValueError, RecursionError) as error:
@@ -49,11 +50,9 @@ def parse_predict_request(body: bytes, max_instances: int, max_pixels: int) -> P
   images = []
   for index, value in enumerate(values):
     try:
-      image = _decode_b64(value)
-      check_image(image, max_pixels)
+      images.append(upright_rgb(_decode_b64(value), max_pixels))
     except RequestError as error:
       raise error.for_image(index) from error
-    images.append(image)
   return PredictRequest(images, columnar)
 
 

@@ -8,19 +8,23 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Optional
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import protocol
 from serving.batching import MicroBatcher
 from serving.config import ServerConfig
-from serving.errors import RequestError, not_found, too_large
+from serving.errors import RequestError, bad_request, not_found, shorten, too_large
 from serving.models import LoadedModel, ServedVersions
 
 log = logging.getLogger("headswap")
@@ -39,6 +43,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     raise NoModelError(f"no loadable model under {config.model_base_path}: expected numbered "
                        f"SavedModel folders such as {config.model_base_path}/1{failures}")
   batcher = MicroBatcher(config.max_batch_size, config.batch_timeout_ms / 1000)
+  # Request parsing and image decoding: off the event loop, so a slow image stalls no other
+  # request, and on few threads, so many large images queue instead of filling memory.
+  decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
@@ -49,9 +56,22 @@ def create_app(config: ServerConfig) -> FastAPI:
     finally:
       poller.cancel()
       batcher.stop()
+      decoders.shutdown(cancel_futures=True)
+
+  def trusted(request: Request) -> None:
+    """Refuses what a web page in the user's browser could send: another site's Host name
+    (DNS rebinding) or a POST that is not JSON (a cross-site form or text/plain fetch, which
+    browsers send without asking the server first)."""
+    host = _host_name(request.headers.get("host", ""))
+    if "*" not in config.allowed_hosts and host not in config.allowed_hosts:
+      raise bad_request(f"Host {host!r} is not allowed: add it to --allowed-hosts")
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and media_type != "application/json":
+      raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                         f"Content-Type {media_type!r}: send the request as application/json")
 
   app = FastAPI(title="headswap", lifespan=lifespan, docs_url=None, redoc_url=None,
-                openapi_url=None)
+                openapi_url=None, dependencies=[Depends(trusted)])
   name = config.name
 
   def served_model(model_name: str, version: Optional[str]) -> LoadedModel:
@@ -72,8 +92,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
   async def predict(request: Request, model_name: str, version: Optional[str]) -> JSONResponse:
     model = served_model(model_name, version)
-    body = await _read_body(request, config.max_body_bytes)
-    parsed = protocol.parse_predict_request(body, config.max_instances, config.max_pixels)
+    body = await _read_body(request, config.max_body_bytes, config.read_timeout_seconds)
+    parsed = await asyncio.get_running_loop().run_in_executor(decoders, functools.partial(
+        protocol.parse_predict_request, body, config.max_instances, config.max_pixels))
     outcomes = await batcher.predict(model, parsed.images)
     for index, outcome in enumerate(outcomes):
       if isinstance(outcome, RequestError):
@@ -121,27 +142,44 @@ def create_app(config: ServerConfig) -> FastAPI:
 
   @app.exception_handler(Exception)
   async def internal_error(_, error: Exception):  # logged by Starlette after this response
-    return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"},
+    return JSONResponse({"error": shorten(f"internal error: {type(error).__name__}: {error}")},
                         status_code=500)
 
   return app
 
 
 def _number(version: str) -> Optional[int]:
-  return int(version) if re.fullmatch(r"[0-9]+", version) else None
+  """A version number as TF Serving's int64 holds it; None for anything else."""
+  return int(version) if re.fullmatch(r"[0-9]{1,18}", version) else None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-  """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+def _host_name(header: str) -> str:
+  """"::1" of "[::1]:8501", "localhost" of "LocalHost:8501"."""
+  host = header if header.endswith("]") else header.rsplit(":", 1)[0]
+  return host.strip("[]").lower()
+
+
+async def _read_body(request: Request, limit: int, timeout_seconds: float) -> bytes:
+  """The body, refused with 413 as soon as it is known to exceed `limit` bytes, and with 408
+  if it has not all arrived within timeout_seconds."""
   declared = request.headers.get("content-length", "")
   if declared.isdigit() and int(declared) > limit:
     raise too_large(f"request body of {int(declared):,} bytes is over the limit of {limit:,} "
                     "bytes (--max-body-bytes)")
   body = bytearray()
-  async for chunk in request.stream():
-    body += chunk
-    if len(body) > limit:
-      raise too_large(f"request body is over the limit of {limit:,} bytes (--max-body-bytes)")
+
+  async def read():
+    async for chunk in request.stream():
+      body.extend(chunk)
+      if len(body) > limit:
+        raise too_large(f"request body is over the limit of {limit:,} bytes (--max-body-bytes)")
+
+  try:
+    await asyncio.wait_for(read(), timeout_seconds)
+  except asyncio.TimeoutError as error:
+    raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
+                       f"the request body did not arrive within {timeout_seconds:g} s "
+                       f"({len(body):,} bytes did; --read-timeout-seconds)") from error
   return bytes(body)
 
 
@@ -154,8 +192,48 @@ async def _poll(versions: ServedVersions, seconds: float) -> None:
       log.exception("looking for new versions under %s failed", versions.base_path)
 
 
+class _HeadTimeoutProtocol(H11Protocol):
+  """uvicorn's HTTP/1.1 connection, closed if a complete request head has not arrived within
+  timeout_seconds of connecting or of the previous response. uvicorn alone keeps a silent
+  connection open forever, and its keep-alive timer stops at the first byte."""
+
+  def __init__(self, *args, timeout_seconds: float, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._timeout_seconds = timeout_seconds
+    self._head_timer: Optional[asyncio.TimerHandle] = None
+
+  def connection_made(self, transport) -> None:
+    super().connection_made(transport)
+    self._await_head()
+
+  def on_response_complete(self) -> None:
+    self._await_head()  # first: the parent goes on to a pipelined request at once
+    super().on_response_complete()
+
+  def handle_events(self) -> None:
+    super().handle_events()
+    if self.cycle is not None and not self.cycle.response_complete:  # the app has a request
+      self._head_timer.cancel()
+
+  def connection_lost(self, exc) -> None:
+    self._head_timer.cancel()
+    super().connection_lost(exc)
+
+  def _await_head(self) -> None:
+    if self._head_timer is not None:
+      self._head_timer.cancel()
+    self._head_timer = self.loop.call_later(self._timeout_seconds, self.transport.close)
+
+
+def uvicorn_config(config: ServerConfig, **options) -> uvicorn.Config:
+  """The app on uvicorn, with a time limit on reading each request's head."""
+  protocol_class = functools.partial(_HeadTimeoutProtocol,
+                                     timeout_seconds=config.read_timeout_seconds)
+  return uvicorn.Config(create_app(config), http=protocol_class, access_log=False, **options)
+
+
 def run(config: ServerConfig, host: str, port: int) -> None:
-  app = create_app(config)
+  server = uvicorn.Server(uvicorn_config(config, host=host, port=port, log_level="info"))
   address = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
   log.info("model %s at http://%s:%d/v1/models/%s", config.name, address, port, config.name)
-  uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+  server.run()

@@ -8,20 +8,25 @@ import json
 import os
 import shutil
 import socket
+import struct
 import threading
 import time
 
 import httpx
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import uvicorn
+from PIL import Image, ImageOps
 
+from components.image_example_gen import decode
 from pipeline import cli
 from serving import cli as serving_cli, client
 from serving.config import ServerConfig
-from serving.server import create_app
-from tests.conftest import CLASS_COLOURS, encode, make_image
+from serving.errors import MAX_MESSAGE_CHARS
+from serving.server import uvicorn_config
+from tests.conftest import CLASS_COLOURS, ROTATED, encode, make_image, write_formats
 from trainer import export
 from trainer.backbones import registry
 from trainer.hparams import HParams
@@ -73,7 +78,7 @@ def row_request(*images: bytes) -> dict:
 
 @contextlib.contextmanager
 def running_server(config: ServerConfig):
-  server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+  server = uvicorn.Server(uvicorn_config(config, log_level="warning"))
   listening = socket.socket()
   listening.bind(("127.0.0.1", 0))
   thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
@@ -102,8 +107,33 @@ def base_path(tmp_path_factory, exported):
 def url(base_path):
   # A long batch timeout, so requests sent together surely meet in one batch.
   with running_server(ServerConfig(base_path, batch_timeout_ms=50, max_batch_size=8,
-                                   **LIMITS)) as address:
+                                   read_timeout_seconds=1.0, **LIMITS)) as address:
     yield address
+
+
+@pytest.fixture(scope="module")
+def layout_model(tmp_path_factory):
+  """A model whose answer changes with where colours are in an image (the untrained classifier
+  above answers [0.5, 0.5] to any image), to tell how an image was decoded."""
+  keras.utils.set_random_seed(0)
+  model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
+                            keras.layers.AveragePooling2D(16), keras.layers.Flatten(),
+                            keras.layers.Dense(len(CLASSES), activation="softmax")])
+  base_path = tmp_path_factory.mktemp("layout") / NAME
+  return export.export_classifier(model, CLASSES, SIZE, str(base_path / "1"))
+
+
+@pytest.fixture(scope="module")
+def layout_url(layout_model):
+  with running_server(ServerConfig(os.path.dirname(layout_model), **LIMITS)) as address:
+    yield address
+
+
+@pytest.fixture(scope="module")
+def model_probabilities(layout_model):
+  """The layout model's own probabilities of encoded images: what TF Serving would answer."""
+  signature = tf.saved_model.load(layout_model).signatures["serving_default"]
+  return lambda images: signature(images=tf.constant(images))["probabilities"].numpy()
 
 
 def batches(url: str) -> float:
@@ -134,7 +164,7 @@ def test_status_and_metadata_as_tf_serving_gives_them(url):
 
 
 def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_path):
-  images = [jpeg(seed) for seed in range(3)]
+  images = [jpeg(seed) for seed in range(3)]  # upright RGB JPEGs: served byte for byte
   expected = tf.saved_model.load(os.path.join(base_path, "1")).signatures["serving_default"](
       images=tf.constant(images))
   predict = f"{url}/v1/models/{NAME}:predict"
@@ -162,47 +192,68 @@ def _image(image_format: str, size: int = 64, frames: int = 1) -> bytes:
 
 
 PREDICT = f"/v1/models/{NAME}:predict"
-BAD_REQUESTS = {
+HUGE_VERSION = "9" * 5000  # int() of it raises in Python 3.10
+BAD_REQUESTS = {  # (path, body, status, words of the error[, headers over JSON_HEADERS])
     "invalid JSON": (PREDICT, b"{not json", 400, "invalid JSON"),
     "not an object": (PREDICT, b"[]", 400, "JSON object"),
     "both formats": (PREDICT, json.dumps({"instances": [], "inputs": []}), 400, "not both"),
     "no b64 object": (PREDICT, json.dumps({"instances": ["abc"]}), 400, "expected"),
     "bad base64": (PREDICT, json.dumps({"instances": [{"b64": "no*base64"}]}), 400,
                    "invalid base64"),
-    "not an image": (PREDICT, json.dumps(row_request(b"hello")), 400, "not a JPEG"),
-    "TIFF": (PREDICT, json.dumps(row_request(_image("TIFF"))), 400, "not a JPEG"),
-    "WebP": (PREDICT, json.dumps(row_request(_image("WEBP"))), 400, "not a JPEG"),
+    "not an image": (PREDICT, json.dumps(row_request(b"hello")), 400, "not an image"),
     "corrupt JPEG data": (PREDICT, json.dumps(row_request(jpeg(0), truncated(jpeg(1)))), 400,
-                          "image 1: the model could not decode"),
+                          "image 1: unusable image"),
     "over the pixel limit": (PREDICT, json.dumps(row_request(_image("PNG", 101))), 413,
                              "--max-pixels"),
-    "GIF frames over the pixel limit": (PREDICT, json.dumps(row_request(_image("GIF", 80, 2))),
-                                        413, "80x80 pixels in 2 frames"),
     "too many instances": (PREDICT, json.dumps(row_request(*[jpeg(0)] * 5)), 413,
                            "--max-instances"),
     "body over the limit": (PREDICT, b" " * 100_001, 413, "--max-body-bytes"),
     "unknown signature": (PREDICT, json.dumps({"signature_name": "x", "instances": []}), 400,
                           "signature_name"),
+    "a long name echoed": (PREDICT, json.dumps({"signature_name": "x" * 60_000}), 400,
+                           "characters)"),
     "unknown model": ("/v1/models/nope:predict", json.dumps(row_request(jpeg(0))), 404,
                       "Servable not found for request: Latest(nope)"),
     "unknown version": (f"/v1/models/{NAME}/versions/7:predict",
                         json.dumps(row_request(jpeg(0))), 404, "Specific(pets, 7)"),
+    "a 5,000-digit version": (f"/v1/models/{NAME}/versions/{HUGE_VERSION}:predict",
+                              json.dumps(row_request(jpeg(0))), 404, "Specific(pets, 999"),
+    # What a web page in the user's browser can send without asking the server first:
+    "a form": (PREDICT, json.dumps(row_request(jpeg(0))), 415, "application/json",
+               {"content-type": "application/x-www-form-urlencoded"}),
+    "text/plain": (PREDICT, json.dumps(row_request(jpeg(0))), 415, "application/json",
+                   {"content-type": "text/plain"}),
+    "no content type": (PREDICT, json.dumps(row_request(jpeg(0))), 415, "application/json",
+                        {"content-type": ""}),
+    "a rebound DNS name": (PREDICT, json.dumps(row_request(jpeg(0))), 400, "--allowed-hosts",
+                           {"host": "attacker.example:8501"}),
 }
+JSON_HEADERS = {"content-type": "application/json; charset=utf-8"}
 
 
 @pytest.mark.parametrize("problem", BAD_REQUESTS)
 def test_a_bad_request_gets_its_4xx_and_the_server_serves_on(url, problem):
-  path, body, status, message = BAD_REQUESTS[problem]
-  response = httpx.post(url + path, content=body)
+  path, body, status, message, *headers = BAD_REQUESTS[problem]
+  response = httpx.post(url + path, content=body, headers={**JSON_HEADERS, **dict(*headers)})
   assert response.status_code == status, response.text
   assert message in response.json()["error"]
+  assert len(response.json()["error"]) < MAX_MESSAGE_CHARS + 100
   assert_serves(url)
 
 
 def test_unknown_models_versions_and_routes_get_404_json(url):
-  for path in ("/v1/models/nope", f"/v1/models/{NAME}/versions/2", f"/v1/models/{NAME}/x"):
+  for path in ("/v1/models/nope", f"/v1/models/{NAME}/versions/2", f"/v1/models/{NAME}/x",
+               f"/v1/models/{NAME}/versions/{HUGE_VERSION}",
+               f"/v1/models/{NAME}/versions/{HUGE_VERSION}/metadata"):
     response = httpx.get(url + path)
     assert response.status_code == 404 and response.json()["error"], path
+    assert len(response.json()["error"]) < MAX_MESSAGE_CHARS + 100
+  assert_serves(url)
+
+
+def test_loopback_host_names_are_served_with_or_without_a_port(url):
+  for host in ("localhost", "LOCALHOST:8501", "127.0.0.1:80", "[::1]:8501", "[::1]"):
+    assert httpx.get(f"{url}/v1/models/{NAME}", headers={"host": host}).status_code == 200, host
 
 
 async def _post_all(url: str, bodies) -> list:
@@ -215,9 +266,102 @@ def test_concurrent_requests_share_model_calls_and_a_corrupt_image_fails_alone(u
   batches_before = batches(url)
   responses = asyncio.run(_post_all(url, bodies))
   assert [r.status_code for r in responses] == [200] * 15 + [400]
-  assert "the model could not decode" in responses[-1].json()["error"]
+  assert "unusable image" in responses[-1].json()["error"]
   # 16 images, at most 8 per model call (the fixture's max_batch_size), several per call.
   assert 2 <= batches(url) - batches_before < len(bodies)
+
+
+def _served_probabilities(url: str, *images: bytes) -> np.ndarray:
+  response = httpx.post(url + PREDICT, json=row_request(*images))
+  assert response.status_code == 200, response.text
+  return np.array([p["probabilities"] for p in response.json()["predictions"]])
+
+
+def test_photos_are_served_as_ingest_stores_them(layout_url, model_probabilities, tmp_path):
+  """A phone photo rotated by its EXIF tag is served upright, as it was trained; WebP is read."""
+  write_formats(str(tmp_path), CLASS_COLOURS["cats"])
+  rotated, webp = (tmp_path / ROTATED).read_bytes(), (tmp_path / "photo.webp").read_bytes()
+  upright = encode(ImageOps.exif_transpose(Image.open(io.BytesIO(rotated))), "PNG")
+  webp_pixels = encode(Image.open(io.BytesIO(webp)).convert("RGB"), "PNG")
+
+  served = _served_probabilities(layout_url, rotated, webp)
+  np.testing.assert_allclose(served, model_probabilities([upright, webp_pixels]),
+                             rtol=1e-5, atol=1e-6)
+  sideways = model_probabilities([rotated])[0]  # the SavedModel alone ignores EXIF
+  assert not np.allclose(served[0], sideways, rtol=1e-5, atol=1e-6)
+
+
+def _gif_with_later_frames(first: Image.Image, *sizes) -> bytes:
+  """A GIF of `first`, then a frame of each (width, height) holding one pixel of data: PIL's
+  first look sees only `first`, TensorFlow's decoder allocates the largest for every frame."""
+  data = encode(first, "GIF")[:-1]  # without the trailer
+  for width, height in sizes:
+    data += b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)  # image descriptor
+    data += b"\x02\x02\x44\x01\x00"  # LZW of 2-bit codes: clear, pixel 0, end
+  return data + b"\x3b"
+
+
+def test_a_gif_is_served_as_its_first_frame_whatever_follows(layout_url, model_probabilities):
+  first = make_image(CLASS_COLOURS["dogs"], 3, 32)
+  gifs = {"a 65535x65535 frame": _gif_with_later_frames(first, (65535, 65535)),
+          "3,000 more frames": _gif_with_later_frames(first, *[(1, 1)] * 3000)}
+  first_frame = encode(Image.open(io.BytesIO(encode(first, "GIF"))).convert("RGB"), "PNG")
+  expected = model_probabilities([first_frame])
+  for what, gif in gifs.items():
+    np.testing.assert_allclose(_served_probabilities(layout_url, gif), expected, rtol=1e-5,
+                               atol=1e-6, err_msg=what)
+    assert_serves(layout_url)
+
+
+def test_images_are_decoded_off_the_event_loop(url, monkeypatch):
+  """While one image takes long to decode, other requests are answered."""
+  slow_image, started = _image("PNG", 16), threading.Event()
+  fast_decode = decode.upright_rgb
+
+  def slow_decode(data, max_pixels):
+    if data == slow_image:
+      started.set()
+      time.sleep(2)
+    return fast_decode(data, max_pixels)
+
+  monkeypatch.setattr(decode, "upright_rgb", slow_decode)
+  slow_request = threading.Thread(target=_served_probabilities, args=(url, slow_image))
+  slow_request.start()
+  assert started.wait(30)
+  start = time.monotonic()
+  assert_serves(url)
+  assert time.monotonic() - start < 1.5 and slow_request.is_alive()
+  slow_request.join()
+
+
+def _send_raw(url: str, data: bytes) -> bytes:
+  """Sends `data` on a new connection, then reads until the server closes it (10 s at most)."""
+  host, port = url.rsplit("/", 1)[-1].split(":")
+  with socket.create_connection((host, int(port)), timeout=10) as connection:
+    connection.sendall(data)
+    answer = b""
+    while chunk := connection.recv(65536):
+      answer += chunk
+  return answer
+
+
+def test_silent_and_stalled_clients_are_disconnected(url):
+  """The fixture gives clients 1 s to send a request's head, and then its body."""
+  head = (f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+          "Content-Type: application/json\r\n")
+  stalls = {  # what the client sends, then nothing: the start of the server's answer
+      "nothing": (b"", b""),
+      "half a request head": (head.encode(), b""),
+      "10 bytes of 1000": ((head + "Content-Length: 1000\r\n\r\n").encode() + b"{" * 10,
+                           b"HTTP/1.1 408 "),
+      "a request, then nothing": (b"GET /v1/models/pets HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                                  b"HTTP/1.1 200 "),
+  }
+  for stall, (data, answer) in stalls.items():
+    start = time.monotonic()
+    assert _send_raw(url, data).startswith(answer), stall
+    assert time.monotonic() - start < 5, stall
+    assert_serves(url)
 
 
 def _served_version(url: str) -> str:
@@ -275,13 +419,15 @@ def test_predict_prints_top_k_from_a_saved_model_and_from_the_server(url, base_p
                                                                    capsys):
   image = tmp_path / "cat.jpg"
   image.write_bytes(jpeg(0))
+  write_formats(str(tmp_path), CLASS_COLOURS["dogs"])  # decoded alike in process and served
+  images = [str(image), str(tmp_path / ROTATED), str(tmp_path / "photo.webp")]
   outputs = []
   for source in (["--model", base_path], ["--server", f"{url}/v1/models/{NAME}"]):
-    cli.main(["predict", *source, "--top-k", "1", str(image)])
+    cli.main(["predict", *source, "--top-k", "1", *images])
     outputs.append(capsys.readouterr().out)
   assert outputs[0] == outputs[1]
   lines = outputs[0].splitlines()
-  assert lines[0] == str(image) and len(lines) == 2 and lines[1].split()[0] in CLASSES
+  assert lines[0] == str(image) and len(lines) == 6 and lines[1].split()[0] in CLASSES
 
   for source in (["--model", base_path], ["--server", url, "--model-name", NAME]):
     with pytest.raises(SystemExit) as exit_:

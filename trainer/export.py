@@ -1,7 +1,8 @@
 """Exports a trained classifier as a SavedModel that TF Serving and TFMA both load.
 
 Two signatures, one preprocessing path (trainer/preprocessing.py):
-  serving_default  images: encoded image bytes [B] (REST: {"b64": ...})
+  serving_default  images: encoded image bytes [B] (REST: {"b64": ...}), best as ingest
+                   stores them (components/image_example_gen/decode.py upright_rgb)
   from_examples    examples: serialized tf.Example [B] (what the Evaluator feeds)
 Both return probabilities [B, C], class_index [B] and class_name [B]; the class names
 are constants in the graph, so a served model names its classes on its own.

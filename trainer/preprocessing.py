@@ -1,6 +1,8 @@
 """The one image path shared by training, evaluation and serving.
 
-Bytes in (JPEG, PNG, GIF or BMP), a [size, size, 3] float32 tensor of 0-255 pixels out.
+Bytes in, as ingest stores them (upright RGB JPEG or PNG: decode.upright_rgb, which evaluate,
+predict and serve also apply first, because tf.io.decode_image ignores EXIF orientation);
+a [size, size, 3] float32 tensor of 0-255 pixels out.
 Each backbone scales pixels the way its weights expect inside the model, so nothing
 here depends on the backbone but the size.
 """

@@ -4,6 +4,8 @@ RGB JPEG and PNG files upright on disk are kept byte for byte. Everything else (
 BMP, WebP, 16-bit or palette or alpha PNG, grayscale, CMYK, EXIF-rotated photos) is
 converted to an upright RGB PNG, so later stages decode one of two formats and never
 see orientation tags. Anything unusable raises SkipImage with a reason for the report.
+upright_rgb gives the same bytes to evaluation, prediction and serving, so a photo is seen
+the same everywhere.
 """
 
 import hashlib
@@ -11,6 +13,7 @@ import io
 import os
 import stat
 import warnings
+from typing import Tuple
 
 import tensorflow as tf
 from PIL import Image, ImageOps
@@ -25,6 +28,10 @@ PNG_BIT_DEPTH_OFFSET = 24  # signature (8) + IHDR length and type (8) + width an
 
 class SkipImage(Exception):
   """This file is left out of the examples; str(self) is the reason."""
+
+
+class OverPixelLimit(SkipImage):
+  """Larger than max_pixels (or PIL's own limit): a server answers 413, not 400."""
 
 
 def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
@@ -58,14 +65,8 @@ def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
 def to_example(data: bytes, source: str, label: int, label_name: str,
                max_pixels: int) -> tf.train.Example:
   """Returns the example for one image's bytes, or raises SkipImage."""
-  if not data:
-    raise SkipImage("empty file")
   image = _open(data, max_pixels)
-  if _keep_as_is(data, image):
-    stored, encoded = image, data
-  else:
-    stored = ImageOps.exif_transpose(image)  # height and width are those of the upright image
-    encoded = _to_rgb_png(stored)
+  stored, encoded = _upright_rgb(data, image)
   return tf.train.Example(features=tf.train.Features(feature={
       features.IMAGE: _bytes(encoded),
       features.LABEL: _int(label),
@@ -79,18 +80,27 @@ def to_example(data: bytes, source: str, label: int, label_name: str,
   }))
 
 
+def upright_rgb(data: bytes, max_pixels: int) -> bytes:
+  """The encoded image the model sees: what to_example stores. Raises SkipImage."""
+  return _upright_rgb(data, _open(data, max_pixels))[1]
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
+  """The image, its pixels loaded (a GIF's first frame only); raises SkipImage."""
+  if not data:
+    raise SkipImage("empty file")
   try:
     image = Image.open(io.BytesIO(data))
   except Image.UnidentifiedImageError as error:
     raise SkipImage("not an image") from error
   except Image.DecompressionBombError as error:  # beyond PIL's own limit, checked on open
-    raise SkipImage(f"decompression bomb: {error}") from error
+    raise OverPixelLimit(f"decompression bomb: {error}") from error
   except Exception as error:  # PIL raises many types on malformed headers
     raise SkipImage(f"corrupt image header: {error}") from error
   if image.width * image.height > max_pixels:
-    raise SkipImage(f"{image.width}x{image.height} exceeds the pixel limit of {max_pixels:,} "
-                    "(decompression bomb guard; raise --max-pixels to accept it)")
+    raise OverPixelLimit(f"{image.width}x{image.height} exceeds the pixel limit of "
+                         f"{max_pixels:,} (decompression bomb guard; raise --max-pixels to "
+                         "accept it)")
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # PIL's own bomb warning: the check above decides
@@ -98,6 +108,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
   except Exception as error:
     raise SkipImage(f"truncated or corrupt image data: {error}") from error
   return image
+
+
+def _upright_rgb(data: bytes, image: Image.Image) -> Tuple[Image.Image, bytes]:
+  """(the upright image, its RGB JPEG or PNG bytes): `data` itself if it is that already."""
+  if _keep_as_is(data, image):
+    return image, data
+  upright = ImageOps.exif_transpose(image)  # height and width are those of the upright image
+  return upright, _to_rgb_png(upright)
 
 
 def _keep_as_is(data: bytes, image: Image.Image) -> bool:
