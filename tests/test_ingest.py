@@ -172,7 +172,7 @@ def presplit(tmp_path_factory):
   write_class_folders(str(data / "test"), per_class=4, seed=2,
                       classes={"cats": CLASS_COLOURS["cats"]})
   shutil.copy(data / "train" / "dogs" / "dogs.0.jpg", data / "test" / "cats" / "copy.jpg")
-  return _ingest(data, root / "output")
+  return _ingest(data, root / "output", "--allow-anomalies")  # the vanished class is flagged
 
 
 def test_presplit_keeps_test_as_given_and_carves_eval_from_train(presplit):
@@ -241,7 +241,9 @@ def kaggle(tmp_path_factory):
   make_image(CLASS_COLOURS["cats"], 999).save(images / "unlabelled.jpg")
   rows = [f"{image_id},{name}" for image_id, name in labels.items()]
   (root / "labels.csv").write_text("id,label\n" + "\n".join(rows + ["gone,cats", ",dogs"]) + "\n")
-  run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"))
+  # --allow-anomalies: the few eval images, chosen by hash, hold one class, which the gate flags.
+  run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"),
+                "--allow-anomalies")
   return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"))
 
 
