@@ -7,8 +7,10 @@ FROM tensorflow/tfx:1.16.0
 WORKDIR /headswap
 COPY requirements.lock .
 # The same pins as the local environment, so a pipeline behaves the same everywhere.
-RUN python -m pip install --no-cache-dir "$(grep '^uv==' requirements.lock)" \
- && python -m uv pip install --system --no-cache -r requirements.lock
+# Each file is checked against the lock's sha256, uv's too (cut out of the lock as in the Makefile).
+RUN sed -n '/^uv==/,/[^\\]$/p' requirements.lock \
+      | python -m pip install --no-cache-dir --require-hashes -r /dev/stdin \
+ && python -m uv pip install --system --no-cache --require-hashes -r requirements.lock
 
 # Beam's worker boot: the same image can be Dataflow's --sdk_container_image.
 COPY --from=apache/beam_python3.10_sdk:2.59.0 /opt/apache/beam /opt/apache/beam

@@ -18,14 +18,19 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests $(ARGS)
 
-# Pins every dependency of requirements.in; pip's resolver takes many minutes on this set.
+# Pins every dependency of requirements.in with the sha256 of each file PyPI serves for it, so
+# the install refuses a file that changed; pip's resolver takes many minutes on this set.
 lock: $(VENV)/.installed
-	$(VENV)/bin/python -m uv pip compile --python-version 3.10 requirements.in -o requirements.lock
+	$(VENV)/bin/python -m uv pip compile --python-version 3.10 --generate-hashes requirements.in \
+		-o requirements.lock
 
+# Every file is checked against the lock's hashes, uv itself too: sed cuts uv's entry out of the
+# lock (its pin, then hash lines up to the first line not ending in a backslash).
 $(VENV)/.installed: requirements.lock setup.py
 	@test -n "$(PYTHON310)" || { echo "headswap needs Python 3.10 (TFX 1.16): install it or set PYTHON310=/path/to/python3.10"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON310) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q "$$(grep '^uv==' requirements.lock)"
-	$(VENV)/bin/python -m uv pip sync --python $(VENV)/bin/python requirements.lock
+	sed -n '/^uv==/,/[^\\]$$/p' requirements.lock | \
+		$(VENV)/bin/python -m pip install -q --require-hashes -r /dev/stdin
+	$(VENV)/bin/python -m uv pip sync --require-hashes --python $(VENV)/bin/python requirements.lock
 	$(VENV)/bin/python -m uv pip install --python $(VENV)/bin/python --no-deps -e .
 	touch $@

@@ -1,9 +1,10 @@
 """OUTPUT/report/index.html: what the run did and how good the model is, without a server.
 
-Sections: the data (ingest report), the tuning summary, learning curves with the
-fine-tuning marker, the per-class table and confusion matrix on the held-out split, the
-most confidently wrong held-out images, the training images whose given label the model
-most disagrees with (suspected mislabels), and the gate's verdict with its reasons.
+Sections: the data (ingest report and the ExampleValidator's anomalies), the tuning summary,
+learning curves with the fine-tuning marker, the per-class table and confusion matrix on the
+held-out split, the most confidently wrong held-out images, the training images whose given
+label the model most disagrees with (suspected mislabels), and the gate: its floor, its
+baseline, its verdict with its reasons.
 """
 
 import html
@@ -52,7 +53,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   os.makedirs(folder, exist_ok=True)
   examples = artifacts["ImageExampleGen.examples"]
   ingest = _read_json(os.path.join(examples, features.REPORT_FILE))
-  sections = [("Data", _ingest_html(ingest))]
+  sections = [("Data", _ingest_html(ingest) + _anomalies_html(artifacts))]
   tuning = _read_text(os.path.join(artifacts.get("Tuner.tuner_results", ""),
                                    "tuning_summary.txt"))
   if tuning:
@@ -69,7 +70,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
     sections.append(("Suspected mislabels in the training images",
                      _mislabel_html(model_run, examples, folder)))
   if "Evaluator.blessing" in artifacts:
-    sections.append(("Gate", _gate_html(artifacts)))
+    sections.append(("Gate", _gate_html(artifacts, len(ingest["class_names"]))))
   path = os.path.join(folder, "index.html")
   with open(path, "w") as f:
     f.write("<!doctype html><html><head><meta charset='utf-8'><title>headswap report</title>"
@@ -96,6 +97,17 @@ def _ingest_html(ingest):
           f"<table><tr><th>split</th>{header}</tr>{rows}</table>"
           + (f"<details><summary>skipped files</summary><ul>{skipped}</ul></details>"
              if skipped else ""))
+
+
+def _anomalies_html(artifacts):
+  from components.anomalies import read_anomalies  # pylint: disable=import-outside-toplevel
+  found = read_anomalies(artifacts["ExampleValidator.anomalies"])
+  if not found:
+    return "<p>The ExampleValidator found no anomalies.</p>"
+  items = "".join(f"<li>{html.escape(split)}: {html.escape(description)}</li>"
+                  for split, descriptions in found.items() for description in descriptions)
+  return ("<p><b>The ExampleValidator found anomalies</b>; the run went on because of "
+          f"--allow-anomalies:</p><ul>{items}</ul>")
 
 
 def _training_html(model_run, folder):
@@ -176,17 +188,38 @@ def _mislabel_html(model_run, examples, folder):
           "alt='suspected mislabels'>")
 
 
-def _gate_html(artifacts):
-  import tensorflow_model_analysis as tfma  # pylint: disable=import-outside-toplevel
+def _gate_html(artifacts, num_classes):
+  """The thresholds and baseline the Evaluator applied (read back from its own output)."""
+  # pylint: disable=import-outside-toplevel
+  import tensorflow_model_analysis as tfma
+  from tensorflow_model_analysis.writers import eval_config_writer
+
+  from pipeline.baseline import evaluated_accuracies
+  evaluation = artifacts["Evaluator.evaluation"]
   blessed = tf.io.gfile.exists(os.path.join(artifacts["Evaluator.blessing"], "BLESSED"))
-  result = tfma.load_validation_result(artifacts["Evaluator.evaluation"])
+  eval_config, _, _, model_locations = eval_config_writer.load_eval_run(evaluation)
+  threshold, = [metric.threshold for spec in eval_config.metrics_specs
+                for metric in spec.metrics if metric.HasField("threshold")]
+  accuracies = evaluated_accuracies(evaluation)
+  rules = [f"accuracy at least {threshold.value_threshold.lower_bound.value:.4f} (chance for "
+           f"{num_classes} classes: {1 / num_classes:.4f}); this model: "
+           f"{accuracies['candidate']:.4f}"]
+  if "baseline" in model_locations:
+    baseline = html.escape(model_locations["baseline"])
+    rules.append(f"at most {-threshold.change_threshold.absolute.value:.4f} below the baseline, "
+                 f"the most accurate model blessed before ({baseline}): "
+                 f"{accuracies['baseline']:.4f}")
+  else:
+    rules.append("no baseline: no model was blessed before, so only the floor applies")
+  result = tfma.load_validation_result(evaluation)
   reasons = [f"{failure.metric_key.name}: {failure.metric_value} ({failure.message})"
              for failing in result.metric_validations_per_slice
              for failure in failing.failures]
   verdict = "BLESSED and pushed" if blessed else "NOT blessed: not pushed"
   items = "".join(f"<li>{html.escape(reason)}</li>" for reason in reasons)
-  return f"<p><b>{verdict}</b></p>" + (f"<ul>{items}</ul>" if items else
-                                       "<p>Every threshold was met.</p>")
+  return (f"<p><b>{verdict}</b></p><p>The gate:</p><ul>"
+          + "".join(f"<li>{rule}</li>" for rule in rules) + "</ul>"
+          + (f"<p>Failed:</p><ul>{items}</ul>" if items else "<p>Every threshold was met.</p>"))
 
 
 def _confusion_png(report, path):

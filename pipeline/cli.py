@@ -43,6 +43,9 @@ def _add_data_arguments(parser):
   parser.add_argument("--max-file-bytes", type=int, default=sources.DEFAULT_MAX_FILE_BYTES,
                       help="larger files are skipped without being read")
   parser.add_argument("--tfds-data-dir", help="TensorFlow Datasets data dir for tfds:<name>")
+  parser.add_argument("--allow-anomalies", action="store_true",
+                      help="go on when the ExampleValidator finds anomalies in the data (a class "
+                           "missing from a split, ...); by default they stop the run")
   parser.add_argument("--beam-args", default="",
                       help='Beam pipeline args, e.g. "--direct_num_workers=2 '
                            '--direct_running_mode=multi_processing"')
@@ -98,8 +101,9 @@ def _config(args, stages):
       max_file_bytes=args.max_file_bytes,
       num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
       hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
-      accuracy_threshold=getattr(args, "accuracy_threshold", 0.6),
+      accuracy_threshold=getattr(args, "accuracy_threshold", None),
       max_accuracy_drop=getattr(args, "max_accuracy_drop", 0.01),
+      allow_anomalies=args.allow_anomalies,
       tune=getattr(args, "tune", False), search_space=_given_search_space(args))
 
 
@@ -149,11 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("--max-trials", type=int, help="head trials on cached features")
   tune.add_argument("--depth-trials", type=int, help="fine-tune depth trials")
   tune.add_argument("--tune-seconds", type=float, help="time budget of the search")
-  run.add_argument("--accuracy-threshold", type=float, default=0.6,
+  run.add_argument("--accuracy-threshold", type=float,
                    help="the Evaluator blesses (and the Pusher ships) only models at least this "
-                        "accurate on the eval split")
+                        "accurate on the eval split (default: halfway from chance, 1/classes, "
+                        "to 1: 0.75 for two classes, 0.55 for ten)")
   run.add_argument("--max-accuracy-drop", type=float, default=0.01,
-                   help="... and no more than this below the last blessed model")
+                   help="... and no more than this below the most accurate blessed model")
   run.set_defaults(func=cmd_run)
   # The other commands live with their stage; each module registers its own flags.
   evaluation_cli.register(commands)

@@ -17,12 +17,20 @@ import components
 import trainer
 import tuning
 from components import features
+from components.anomalies import AnomaliesGate
 from components.atomic_pusher import executor as atomic_pusher
 from pipeline import beam_args
+from pipeline.baseline import BestBlessedModelStrategy
 from components.image_example_gen.component import ImageExampleGen
 from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
                                                   DEFAULT_MAX_PIXELS)
 from tuning.component import Tuner as TransferTuner
+
+
+# The default accuracy floor lies this share of the way from chance (1/classes) to 1: 0.75 for two
+# classes, 0.55 for ten, 0.505 for a hundred. A fixed floor is near chance for few classes (0.6
+# for two) and out of reach for many.
+FLOOR_ABOVE_CHANCE = 0.5
 
 
 @dataclasses.dataclass
@@ -45,8 +53,9 @@ class PipelineConfig:
   hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
   tune: bool = True
   search_space: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning.space.SearchSpace
-  accuracy_threshold: float = 0.6  # the gate: a model below it is never pushed
-  max_accuracy_drop: float = 0.01  # ... nor one this much worse than the last blessed model
+  accuracy_threshold: Optional[float] = None  # the gate: a model below it is never pushed...
+  max_accuracy_drop: float = 0.01  # ... nor one this much worse than the best blessed model
+  allow_anomalies: bool = False  # train even if the ExampleValidator found anomalies
   serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/
   # Kubeflow/Vertex: steps run in the component image, so code is imported from the installed
   # package (a local module path means nothing there) and artifacts may be gs:// URIs.
@@ -56,6 +65,14 @@ class PipelineConfig:
   @property
   def feature_cache_dir(self) -> str:
     return os.path.join(self.root, "feature_cache")
+
+  @property
+  def accuracy_floor(self) -> float:
+    """accuracy_threshold if given, else FLOOR_ABOVE_CHANCE of the way from chance to 1."""
+    if self.accuracy_threshold is not None:
+      return self.accuracy_threshold
+    chance = 1 / self.num_classes
+    return chance + FLOOR_ABOVE_CHANCE * (1 - chance)
 
 
 TRAINER_MODULE = os.path.join(os.path.dirname(trainer.__file__), "tfx_module",
@@ -87,8 +104,13 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
       # TFX 1.16's Kubeflow V2 compiler rejects proto-valued parameters: local runs only.
       custom_validation_config=None if config.remote else _every_class_present(config.num_classes))
   nodes = [example_gen, statistics_gen, schema_gen, example_validator]
+  if not config.allow_anomalies:
+    nodes.append(AnomaliesGate(anomalies=example_validator.outputs["anomalies"]))
   if config.stages != "ingest":
-    nodes += _training_nodes(config, example_gen, schema_gen)
+    training = _training_nodes(config, example_gen, schema_gen)
+    if not config.allow_anomalies:
+      training[0].add_upstream_node(nodes[-1])  # the Tuner or the Trainer waits for the gate
+    nodes += training
   return tfx_pipeline.Pipeline(
       pipeline_name=config.name, pipeline_root=config.root, components=nodes,
       enable_cache=True, metadata_connection_config=metadata_connection_config,
@@ -96,7 +118,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
 
 
 def _training_nodes(config, example_gen, schema_gen):
-  """Tuner, Trainer, then the Evaluator's gate against the last blessed model, the Pusher."""
+  """Tuner, Trainer, then the Evaluator's gate against the best blessed model, the Pusher."""
   splits = dict(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
                 train_args=tfx.proto.TrainArgs(splits=[features.TRAIN]),
                 eval_args=tfx.proto.EvalArgs(splits=[features.EVAL]))
@@ -121,11 +143,16 @@ def _training_nodes(config, example_gen, schema_gen):
       **trainer_code, **splits,
       hyperparameters=tuner.outputs["best_hyperparameters"] if config.tune else None,
       custom_config={**shared_config, **trainer_jobs})
+  # TFX 1.16's Kubeflow V2 compiler knows only the built-in strategies: remote runs compare
+  # against the latest blessed model.
+  strategy, evaluations = (
+      (tfx.dsl.experimental.LatestBlessedModelStrategy, {}) if config.remote else
+      (BestBlessedModelStrategy, {"evaluation": tfx.dsl.Channel(
+          type=standard_artifacts.ModelEvaluation)}))
   baseline = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
-  ).with_id("LatestBlessedModelResolver")
+      strategy_class=strategy, model=tfx.dsl.Channel(type=standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing), **evaluations,
+  ).with_id("BaselineResolver")
   evaluator = tfx.components.Evaluator(
       examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
       baseline_model=baseline.outputs["model"],
@@ -156,7 +183,7 @@ def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
   accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy")
   if gate:
     accuracy.threshold.CopyFrom(tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.accuracy_threshold}),
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.accuracy_floor}),
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -config.max_accuracy_drop})))

