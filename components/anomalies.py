@@ -8,7 +8,8 @@ import os
 from typing import Dict, List
 
 import tensorflow as tf
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.image_example_gen.sources import IngestError
@@ -36,9 +37,9 @@ def read_anomalies(anomalies_uri: str) -> Dict[str, List[str]]:
   return found
 
 
-@tfx.dsl.components.component
+@component
 def AnomaliesGate(
-    anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies]):
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
   """Raises AnomaliesFound, naming each one, if any split has anomalies."""
   found = read_anomalies(anomalies.uri)
   if found:

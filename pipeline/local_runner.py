@@ -6,7 +6,8 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from pipeline.pipeline import PipelineConfig, create_pipeline
 
@@ -18,16 +19,16 @@ def metadata_path(output: str) -> str:
 def run(config: PipelineConfig, output: str,
         beam_pipeline_args: Optional[List[str]] = None) -> Dict[str, str]:
   """Runs the pipeline; returns the newest artifact URI of each component output."""
-  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+  connection = metadata.sqlite_metadata_connection_config(
       metadata_path(output))
-  tfx.orchestration.LocalDagRunner().run(
+  LocalDagRunner().run(
       create_pipeline(config, connection, beam_pipeline_args))
   return latest_artifacts(output)
 
 
 def latest_artifacts(output: str) -> Dict[str, str]:
   """{"<Component>.<output key>": uri} of the newest artifacts, read back from the metadata."""
-  connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+  connection = metadata.sqlite_metadata_connection_config(
       metadata_path(output))
   store = metadata_store.MetadataStore(connection)
   uris = {}

@@ -8,10 +8,14 @@ from typing import Any, Dict, List, Optional
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from tensorflow_data_validation.anomalies.proto import custom_validation_config_pb2
-from tfx import v1 as tfx
+from tfx.components import Evaluator, ExampleValidator, Pusher, SchemaGen, StatisticsGen, Trainer
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import \
+    LatestBlessedModelStrategy
 from tfx.orchestration import pipeline as tfx_pipeline
-from tfx.types import standard_artifacts
+from tfx.proto import pusher_pb2, trainer_pb2
+from tfx.types import Channel, standard_artifacts
 
 import components
 import trainer
@@ -19,11 +23,11 @@ import tuning
 from components import features
 from components.anomalies import AnomaliesGate
 from components.atomic_pusher import executor as atomic_pusher
-from pipeline import beam_args
-from pipeline.baseline import BestBlessedModelStrategy
 from components.image_example_gen.component import ImageExampleGen
 from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
                                                   DEFAULT_MAX_PIXELS)
+from pipeline import beam_args
+from pipeline.baseline import BestBlessedModelStrategy
 from tuning.component import Tuner as TransferTuner
 
 
@@ -90,7 +94,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                                 eval_percent=config.eval_percent, max_pixels=config.max_pixels,
                                 max_file_bytes=config.max_file_bytes,
                                 tfds_data_dir=config.tfds_data_dir)
-  statistics_gen = tfx.components.StatisticsGen(
+  statistics_gen = StatisticsGen(
       examples=example_gen.outputs["examples"],
       # Raw image bytes make useless statistics: look at what a person can read.
       stats_options=tfdv.StatsOptions(feature_allowlist=features.READABLE))
@@ -98,8 +102,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     for component in (example_gen, statistics_gen):
       component.with_beam_pipeline_args(
           beam_args.ingest_beam_args(config.data, config.tfds_data_dir, config.remote))
-  schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
-  example_validator = tfx.components.ExampleValidator(
+  schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"])
+  example_validator = ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
       # TFX 1.16's Kubeflow V2 compiler rejects proto-valued parameters: local runs only.
       custom_validation_config=None if config.remote else _every_class_present(config.num_classes))
@@ -120,11 +124,11 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
 def _training_nodes(config, example_gen, schema_gen):
   """Tuner, Trainer, then the Evaluator's gate against the best blessed model, the Pusher."""
   splits = dict(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-                train_args=tfx.proto.TrainArgs(splits=[features.TRAIN]),
-                eval_args=tfx.proto.EvalArgs(splits=[features.EVAL]))
+                train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN]),
+                eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL]))
   shared_config = {"hparams": config.hparams, "feature_cache_dir": config.feature_cache_dir,
                    "code_fingerprint": _code_fingerprint(trainer, tuning, components)}
-  trainer_class, tuner_class = tfx.components.Trainer, TransferTuner
+  trainer_class, tuner_class = Trainer, TransferTuner
   trainer_jobs, tuner_jobs = {}, {}
   if config.vertex_training:
     from pipeline import vertex_training  # pylint: disable=import-outside-toplevel
@@ -146,29 +150,29 @@ def _training_nodes(config, example_gen, schema_gen):
   # TFX 1.16's Kubeflow V2 compiler knows only the built-in strategies: remote runs compare
   # against the latest blessed model.
   strategy, evaluations = (
-      (tfx.dsl.experimental.LatestBlessedModelStrategy, {}) if config.remote else
-      (BestBlessedModelStrategy, {"evaluation": tfx.dsl.Channel(
+      (LatestBlessedModelStrategy, {}) if config.remote else
+      (BestBlessedModelStrategy, {"evaluation": Channel(
           type=standard_artifacts.ModelEvaluation)}))
-  baseline = tfx.dsl.Resolver(
-      strategy_class=strategy, model=tfx.dsl.Channel(type=standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing), **evaluations,
+  baseline = Resolver(
+      strategy_class=strategy, model=Channel(type=standard_artifacts.Model),
+      model_blessing=Channel(type=standard_artifacts.ModelBlessing), **evaluations,
   ).with_id("BaselineResolver")
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
       examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
       baseline_model=baseline.outputs["model"],
       example_splits=[features.EVAL], eval_config=eval_config(config, gate=True))
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
       model=trainer_component.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)),
+      push_destination=pusher_pb2.PushDestination(
+          filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_dir)),
       # The atomic publish renames on one local filesystem; TFX's Pusher also writes gs://.
       custom_executor_spec=None if config.remote else executor_spec.ExecutorClassSpec(
           atomic_pusher.Executor))
   nodes += [trainer_component, baseline, evaluator, pusher]
   if config.has_test_split:
     # Reported on its own: the eval split also steered early stopping and tuning.
-    nodes.append(tfx.components.Evaluator(
+    nodes.append(Evaluator(
         examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
         example_splits=[features.TEST], eval_config=eval_config(config, gate=False),
     ).with_id("TestEvaluator"))

@@ -6,7 +6,7 @@ import os
 
 import keras_tuner
 import tensorflow as tf
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import data, plots
 from trainer.export import export_classifier
@@ -22,7 +22,7 @@ CURVES_FILE = "learning_curves.png"
 TRAIN_PREDICTIONS_FILE = "train_predictions.json"
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
   config = fn_args.custom_config or {}
   tuned = (keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
            if fn_args.hyperparameters else None)

@@ -1,7 +1,9 @@
 """tuner_fn for TFX's Tuner component, and a Tuner that also writes the tuning summary."""
 
-from tfx import v1 as tfx
+from tfx.components import Tuner as TfxTuner
+from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner import executor as tfx_tuner_executor
+from tfx.components.tuner.component import TunerFnResult
 from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_component_specs
 
@@ -12,14 +14,14 @@ from tuning.summary import summarize_tuner, write_summary
 from tuning.trials import TransferTuner
 
 
-def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
+def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
   config = fn_args.custom_config
   hp = HParams.from_sources(config["hparams"])
   tuner = TransferTuner(fn_args.train_files, fn_args.eval_files,
                         len(data.class_names_of(fn_args.train_files)), hp,
                         SearchSpace(**config.get("search_space", {})),
                         config["feature_cache_dir"], directory=fn_args.working_dir)
-  return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})
+  return TunerFnResult(tuner=tuner, fit_kwargs={})
 
 
 class _Executor(tfx_tuner_executor.Executor):
@@ -32,5 +34,5 @@ class _Executor(tfx_tuner_executor.Executor):
         output_dict[standard_component_specs.TUNER_RESULTS_KEY]))
 
 
-class Tuner(tfx.components.Tuner):
+class Tuner(TfxTuner):
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(_Executor)
