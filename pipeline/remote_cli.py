@@ -38,6 +38,8 @@ def register(commands):
   jobs.add_argument("--machine-type", default="n1-standard-8")
   jobs.add_argument("--accelerator-type", help="e.g. NVIDIA_TESLA_T4 (default: none)")
   jobs.add_argument("--accelerator-count", type=int, default=1)
+  jobs.add_argument("--service-account",
+                    help="the identity the jobs run as: give the one `headswap submit` gets")
   jobs.add_argument("--workers", type=int, default=1,
                     help="Trainer replicas; more than 1 trains under MultiWorkerMirroredStrategy")
   compile_parser.set_defaults(func=compile_main)
@@ -85,7 +87,8 @@ def _vertex_training(args):
   from pipeline.vertex_training import VertexTraining  # pylint: disable=import-outside-toplevel
   return VertexTraining(project=args.project, region=args.region, image=args.image,
                         machine_type=args.machine_type, accelerator_type=args.accelerator_type,
-                        accelerator_count=args.accelerator_count, workers=args.workers)
+                        accelerator_count=args.accelerator_count, workers=args.workers,
+                        service_account=args.service_account)
 
 
 def submit_main(args):

@@ -28,6 +28,9 @@ class VertexTraining:
   accelerator_type: Optional[str] = None  # e.g. NVIDIA_TESLA_T4; None: CPU only
   accelerator_count: int = 1
   workers: int = 1  # Trainer replicas; the Tuner always runs on one (see Tuner below)
+  # The identity the jobs run as: Vertex gives a custom job its project's default compute
+  # account, not the pipeline's, unless the job spec names one.
+  service_account: Optional[str] = None
 
   def __post_init__(self):
     if self.workers < 1 or self.accelerator_count < 1:
@@ -42,8 +45,11 @@ class VertexTraining:
     chief = {"machine_spec": machine, "replica_count": 1,
              "container_spec": {"image_uri": self.image}}
     pools = [chief] + ([{**chief, "replica_count": replicas - 1}] if replicas > 1 else [])
+    job_spec = {"worker_pool_specs": pools}
+    if self.service_account:
+      job_spec["service_account"] = self.service_account
     return {vertex_trainer_executor.TRAINING_ARGS_KEY: {
-                "project": self.project, "job_spec": {"worker_pool_specs": pools}},
+                "project": self.project, "job_spec": job_spec},
             constants.ENABLE_VERTEX_KEY: True, constants.VERTEX_REGION_KEY: self.region}
 
   def trainer_config(self) -> Dict[str, Any]:

@@ -31,7 +31,8 @@ PIPELINE_FLAGS = ["--name", "pets", "--image-size", "64", "--epochs", "3", "--ma
                   "--accuracy-threshold", "0.8"]
 VERTEX_JOBS = ["--vertex-jobs", "--project", "proj", "--region", "europe-west4",
                "--machine-type", "n1-highmem-8", "--accelerator-type", "NVIDIA_TESLA_T4",
-               "--accelerator-count", "2", "--workers", "3"]
+               "--accelerator-count", "2", "--workers", "3",
+               "--service-account", "runner@proj.iam.gserviceaccount.com"]
 MULTI_PROCESS = "--direct_running_mode=multi_processing --direct_num_workers=2"
 DATAFLOW = ("--runner=DataflowRunner --project=proj --region=europe-west4 "
             "--temp_location=gs://bucket/tmp")
@@ -112,7 +113,9 @@ def test_compiled_spec_holds_the_local_pipeline_its_parameters_image_and_root(sp
       local_config = json.loads(expected.pop("custom_config"))
       assert jobs.pop("ai_platform_enable_vertex") is True
       assert jobs.pop("ai_platform_vertex_region") == "europe-west4"
-      pools = jobs.pop("ai_platform_training_args")["job_spec"]["worker_pool_specs"]
+      job_spec = jobs.pop("ai_platform_training_args")["job_spec"]
+      assert job_spec["service_account"] == "runner@proj.iam.gserviceaccount.com"
+      pools = job_spec["worker_pool_specs"]
       assert jobs == local_config
       assert [pool["replica_count"] for pool in pools] == ([1, 2] if component.id == "Trainer"
                                                           else [1])
