@@ -38,8 +38,6 @@ DATAFLOW = ("--runner=DataflowRunner --project=proj --region=europe-west4 "
             "--temp_location=gs://bucket/tmp")
 WORKER_TIMEOUT_S = 900
 RESULT_MARK = "WORKER_RESULT "
-WORKER_CODE = ("import sys; from tests.test_scale import train_one_worker; "
-               "train_one_worker(*sys.argv[1:])")
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +234,34 @@ def train_one_worker(examples, run_dir):
       "weights_sum": float(sum(np.sum(w) for w in run.classifier.get_weights()))}), flush=True)
 
 
+def run_fn_one_worker(examples, output):
+  """One worker running TFX's Trainer executor with run_fn and the default settings (tiny
+  images, random weights): each worker checks that the model was exported."""
+  import tensorflow as tf
+  from tfx.components.trainer import executor
+  from tfx.proto import trainer_pb2
+  from tfx.types import artifact_utils, standard_artifacts
+  from tfx.utils import proto_utils
+
+  examples_artifact = standard_artifacts.Examples()
+  examples_artifact.uri = examples
+  examples_artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
+  model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+  model.uri, model_run.uri = os.path.join(output, "model"), os.path.join(output, "model_run")
+  hparams = {"weights": "none", "image_size": 32, "epochs": 2, "fine_tune_epochs": 1,
+             "batch_size": 4, "feature_batch_size": 8}
+  executor.GenericExecutor().Do(
+      {"examples": [examples_artifact]}, {"model": [model], "model_run": [model_run]},
+      {"train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(splits=["train"])),
+       "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(splits=["eval"])),
+       "run_fn": "trainer.task.run_fn",
+       "custom_config": json.dumps({"hparams": hparams,
+                                    "feature_cache_dir": os.path.join(output, "cache")})})
+  print(RESULT_MARK + json.dumps({
+      "exported": tf.io.gfile.listdir(os.path.join(model.uri, "Format-Serving")),
+      "run_files": sorted(tf.io.gfile.listdir(model_run.uri))}), flush=True)
+
+
 def _free_ports(count):
   sockets = [socket.socket() for _ in range(count)]
   for s in sockets:
@@ -246,31 +272,39 @@ def _free_ports(count):
   return ports
 
 
-def test_two_loopback_workers_train_together_under_multi_worker_mirrored(tmp_path):
-  images = write_class_folders(str(tmp_path / "images"), per_class=8, seed=13, size=32)
-  examples = write_examples(images, str(tmp_path / "examples"))
+def _loopback_cluster(function, examples, outputs):
+  """Runs tests.test_scale.<function>(examples, output) in two workers of a loopback
+  MultiWorkerMirroredStrategy cluster; returns what each printed after RESULT_MARK."""
   cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
   workers = []
-  for index in range(2):
+  for index, output in enumerate(outputs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "TF_CONFIG": json.dumps({"cluster": cluster,
                                     "task": {"type": "worker", "index": index}})}
+    code = f"import sys; from tests.test_scale import {function}; {function}(*sys.argv[1:])"
     workers.append(subprocess.Popen(
-        [sys.executable, "-c", WORKER_CODE, examples, str(tmp_path / f"run{index}")],
+        [sys.executable, "-c", code, examples, output],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outputs = []
+  printed = []
   try:
     for worker in workers:
-      outputs.append(worker.communicate(timeout=WORKER_TIMEOUT_S)[0])
+      printed.append(worker.communicate(timeout=WORKER_TIMEOUT_S)[0])
   finally:
     for worker in workers:
       worker.kill()
   results = []
-  for worker, output in zip(workers, outputs):
+  for worker, output in zip(workers, printed):
     assert worker.returncode == 0, output[-3000:]
     # gRPC may log after the result line while the cluster shuts down.
     results.append(json.loads(output.split(RESULT_MARK)[-1].splitlines()[0]))
-  chief, other = results
+  return results
+
+
+def test_two_loopback_workers_train_together_under_multi_worker_mirrored(tmp_path):
+  images = write_class_folders(str(tmp_path / "images"), per_class=8, seed=13, size=32)
+  examples = write_examples(images, str(tmp_path / "examples"))
+  chief, other = _loopback_cluster("train_one_worker", examples,
+                                   [str(tmp_path / f"run{index}") for index in range(2)])
   assert chief["multi_worker"] and other["multi_worker"]
   assert chief["replicas"] == other["replicas"] == 2
   assert chief["steps"] == other["steps"] > 0  # in lockstep
@@ -298,3 +332,15 @@ def test_submit_without_credentials_fails_fast_with_a_clear_message(specs, tmp_p
   assert "Traceback" not in result.stderr
   # No retry loop: google-cloud clients retry unreachable endpoints for minutes.
   assert time.time() - started < 120
+
+
+def test_run_fn_exports_from_two_loopback_workers_with_the_defaults(tmp_path):
+  """TFX's Trainer executor on each worker, one shared output as on Vertex: both fast paths,
+  augmented views and the side-by-side base; every worker passes the executor's check that
+  the model exists, and only the chief's export and results are left."""
+  images = write_class_folders(str(tmp_path / "images"), per_class=8, seed=17, size=32)
+  examples = write_examples(images, str(tmp_path / "examples"))
+  chief, other = _loopback_cluster("run_fn_one_worker", examples, [str(tmp_path / "out")] * 2)
+  assert chief["exported"] == other["exported"] and "saved_model.pb" in chief["exported"]
+  assert {"history.json", "training_summary.json", "tensorboard"} <= set(chief["run_files"])
+  assert not [name for name in os.listdir(tmp_path / "out" / "cache") if ".partial" in name]

@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import os
+import uuid
 from typing import Dict, List, Sequence, Tuple
 
 import keras
@@ -122,7 +123,8 @@ def _write(path: str, features: np.ndarray, labels: np.ndarray) -> None:
   tf.io.gfile.makedirs(os.path.dirname(path))
   buffer = io.BytesIO()
   np.savez(buffer, features=features, labels=labels)
-  temporary = path + ".partial"
+  # Named per writer: workers of a multi-worker run compute the same file at once.
+  temporary = f"{path}.partial-{uuid.uuid4().hex}"
   with tf.io.gfile.GFile(temporary, "wb") as f:
     f.write(buffer.getvalue())
   tf.io.gfile.rename(temporary, path, overwrite=True)  # readers never see a half-written file

@@ -26,6 +26,12 @@ def worker_count() -> int:
   return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def task_name() -> str:
+  """This worker's TF_CONFIG task, e.g. "worker-1"; "chief-0" when there is none."""
+  task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+  return f"{task.get('type', 'chief')}-{task.get('index', 0)}"
+
+
 def is_chief() -> bool:
   """Whether this process writes the results: the chief, or worker 0 when TF_CONFIG has none."""
   config = json.loads(os.environ.get("TF_CONFIG") or "{}")

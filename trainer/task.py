@@ -3,12 +3,14 @@
 import json
 import logging
 import os
+import tempfile
+import time
 
 import keras_tuner
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import data, plots
+from trainer import data, export, plots
 from trainer.export import export_classifier
 from trainer.hparams import HParams
 from trainer.strategy import is_chief
@@ -20,6 +22,7 @@ SUMMARY_FILE = "training_summary.json"
 CURVES_FILE = "learning_curves.png"
 # The shipped model's probabilities per training image: the report's suspected mislabels.
 TRAIN_PREDICTIONS_FILE = "train_predictions.json"
+CHIEF_EXPORT_TIMEOUT_S = 1800
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -31,7 +34,8 @@ def run_fn(fn_args: FnArgs) -> None:
   log.info("training %d classes with %s", len(class_names), hp.to_json())
   run = train(fn_args.train_files, fn_args.eval_files, len(class_names), hp,
               config["feature_cache_dir"], fn_args.model_run_dir)
-  if not is_chief():  # the workers trained in lockstep; one of them writes the results
+  if not is_chief():
+    _export_as_worker(run, class_names, fn_args.serving_model_dir)
     return
   export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
@@ -44,3 +48,22 @@ def run_fn(fn_args: FnArgs) -> None:
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, name), "w") as f:
       json.dump(value, f, indent=indent)
   plots.learning_curves(run.history, os.path.join(fn_args.model_run_dir, CURVES_FILE))
+
+
+def _export_as_worker(run, class_names, serving_model_dir) -> None:
+  """A non-chief worker's part of the export. Every worker saves, as TensorFlow's multi-worker
+  guidance asks (saving may take part in collectives), the others to a throwaway folder;
+  then each waits for the chief's whole model (its metadata file is written last), since
+  TFX's executor checks on every worker that the model is there."""
+  throwaway = tempfile.mkdtemp(prefix="headswap-worker-export-")
+  try:
+    export_classifier(run.classifier, class_names, run.image_size, throwaway)
+  finally:
+    tf.io.gfile.rmtree(throwaway)
+  deadline = time.time() + CHIEF_EXPORT_TIMEOUT_S
+  written_last = os.path.join(serving_model_dir, "assets.extra", export.METADATA_FILE)
+  while not tf.io.gfile.exists(written_last):
+    if time.time() > deadline:
+      raise RuntimeError(f"the chief wrote no model to {serving_model_dir} within "
+                         f"{CHIEF_EXPORT_TIMEOUT_S} s of this worker's export")
+    time.sleep(1)

@@ -15,7 +15,7 @@ from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
 from trainer.model import build_classifier, build_head, compile_for_training
-from trainer.strategy import distribution_strategy, worker_count
+from trainer.strategy import distribution_strategy, is_chief, task_name, worker_count
 
 log = logging.getLogger("headswap")
 FROZEN, FINE_TUNE = "frozen", "fine_tune"
@@ -51,8 +51,10 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     return fit_phase(model, learning_rate, train_examples, eval_examples, hp, batch_size,
                      epochs, initial_epoch=initial_epoch, augment=augment, stop_early=stop_early,
                      strategy=strategy,
-                     run_dir=os.path.join(run_dir, "tensorboard", phase),
-                     backup_dir=os.path.join(run_dir, "backup", phase))
+                     # One writer per log folder: workers all-reduce the same metrics.
+                     run_dir=os.path.join(run_dir, "tensorboard", phase) if is_chief() else None,
+                     # Per worker: Keras's backup file cannot take two writers.
+                     backup_dir=os.path.join(run_dir, "backup", task_name(), phase))
 
   # With both fast paths the images go through the base once, to the fine-tuning cut.
   deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0
