@@ -21,9 +21,11 @@ DEFAULT_OUTPUT = "output"
 
 def _add_data_arguments(parser):
   parser.add_argument("--data", required=True,
-                      help="image folder (root/<class>/*, root/train|test/<class>/*, or images "
-                           "with --labels) or tfds:<name> for a TensorFlow Datasets dataset")
-  parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+                      help="image folder, local or gs:// (root/<class>/*, "
+                           "root/train|test/<class>/*, or images with --labels) or tfds:<name> "
+                           "for a TensorFlow Datasets dataset")
+  parser.add_argument("--labels",
+                      help="CSV of filename,label for the images in --data, local or gs://")
   parser.add_argument("--file-column",
                       help="the --labels column of file names (default: one named "
                            f"{'/'.join(sources.FILENAME_COLUMNS)}, or the first of two)")
@@ -34,7 +36,11 @@ def _add_data_arguments(parser):
                       help="read symlinks and --labels rows that lead outside --data "
                            "(skipped by default)")
   parser.add_argument("--output", default=DEFAULT_OUTPUT,
-                      help="folder for artifacts, metadata, served models and the report")
+                      help="folder for artifacts, metadata, served models and the report, "
+                           "local or gs://")
+  parser.add_argument("--metadata",
+                      help="ML Metadata's SQLite file, on this machine (default: "
+                           "OUTPUT/metadata.sqlite; required when --output is gs://)")
   parser.add_argument("--name", help="pipeline name (default: from the data folder)")
   parser.add_argument("--eval-percent", type=int, default=sources.DEFAULT_EVAL_PERCENT,
                       help="share of the training images held out for evaluation, by hash")
@@ -112,11 +118,24 @@ def _run_pipeline(args, stages):
   from components.image_example_gen.executor import summarize
   from pipeline import local_runner
 
-  artifacts = local_runner.run(_config(args, stages), args.output, args.beam_args.split())
+  artifacts = local_runner.run(_config(args, stages), _metadata_file(args),
+                               args.beam_args.split())
   examples = artifacts["ImageExampleGen.examples"]
   print(summarize(local_runner.read_json(os.path.join(examples, features.REPORT_FILE))))
   print(f"examples: {examples}")
   return artifacts
+
+
+def _metadata_file(args) -> str:
+  from components import filesystem
+  from pipeline import local_runner
+
+  if args.metadata:
+    return args.metadata
+  if filesystem.is_remote(args.output):
+    sys.exit(f"headswap: --output {args.output} is not on this machine, and ML Metadata is a "
+             "local SQLite file: give --metadata PATH")
+  return local_runner.metadata_path(args.output)
 
 
 def cmd_ingest(args):

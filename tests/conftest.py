@@ -146,7 +146,7 @@ def run_ingest(data, output, *flags) -> dict:
   from pipeline import cli, local_runner
 
   cli.main(["ingest", "--data", str(data), "--output", str(output), *flags])
-  return local_runner.latest_artifacts(str(output))
+  return local_runner.latest_artifacts(local_runner.metadata_path(str(output)))
 
 
 def read_json(path):
