@@ -94,15 +94,15 @@ def _config(args, stages):
 
   listing_options = dict(file_column=args.file_column, label_column=args.label_column,
                          allow_outside_root=args.allow_outside_root)
-  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir,
-                                                  **listing_options)
+  found = sources.preflight(args.data, args.labels, args.tfds_data_dir, **listing_options)
   name = pipeline_name(args)
   return PipelineConfig(
       name=name, root=os.path.join(args.output, "tfx"), data=args.data,
       labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir, **listing_options,
       eval_percent=args.eval_percent, max_pixels=args.max_pixels,
       max_file_bytes=args.max_file_bytes,
-      num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
+      num_classes=len(found.class_names), num_images=found.images,
+      has_test_split=found.has_test_split, stages=stages,
       hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
       accuracy_threshold=getattr(args, "accuracy_threshold", 0.6),
       max_accuracy_drop=getattr(args, "max_accuracy_drop", 0.01),

@@ -40,6 +40,7 @@ class PipelineConfig:
   max_pixels: int = DEFAULT_MAX_PIXELS
   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
   num_classes: Optional[int] = None  # known when the data was listed up front: enables checks
+  num_images: Optional[int] = None  # ... and then the ingest's Beam workers are sized by it
   stages: str = "all"  # "ingest" stops after data validation
   has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
   hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
@@ -80,7 +81,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
   if not beam_pipeline_args:  # given args apply to every step; else one process or many by size
     for component in (example_gen, statistics_gen):
       component.with_beam_pipeline_args(
-          beam_args.ingest_beam_args(config.data, config.tfds_data_dir, config.remote))
+          beam_args.ingest_beam_args(config.num_images, config.remote))
   schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],

@@ -18,7 +18,7 @@ import csv
 import dataclasses
 import io
 import os
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from components import features, filesystem
 
@@ -93,9 +93,16 @@ def list_images(root: str, labels_csv: Optional[str] = None,
   return _printable(listing)
 
 
+class Preflight(NamedTuple):
+  class_names: List[str]
+  has_test_split: bool
+  images: int  # to read; some may still be skipped
+
+
 def preflight(root: str, labels_csv: Optional[str] = None, tfds_data_dir: Optional[str] = None,
-              **listing_options) -> Tuple[List[str], bool]:
-  """(class names, whether a test split is given), cheaply, before any pipeline starts.
+              **listing_options) -> Preflight:
+  """What the pipeline is set up by, cheaply, before it starts; the one listing of the data
+  outside the ingest's executor.
 
   Layout mistakes raise IngestError here, before TFX and Beam spend a minute starting.
   listing_options are list_images's.
@@ -103,9 +110,13 @@ def preflight(root: str, labels_csv: Optional[str] = None, tfds_data_dir: Option
   if detect_layout(root, labels_csv) == "tfds":
     builder = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir)
     _, label_key = _tfds_keys(builder)
-    return sorted(builder.info.features[label_key].names), features.TEST in builder.info.splits
+    return Preflight(sorted(builder.info.features[label_key].names),
+                     features.TEST in builder.info.splits,
+                     sum(split.num_examples for split in builder.info.splits.values()))
   listing = list_images(root, labels_csv, **listing_options)
-  return listing.class_names, any(c.given_split == features.TEST for c in listing.candidates)
+  return Preflight(listing.class_names,
+                   any(c.given_split == features.TEST for c in listing.candidates),
+                   len(listing.candidates))
 
 
 def shown(name: str) -> str:
