@@ -90,13 +90,30 @@ def open_file(path: str, mode: str = "rb") -> Iterator[IO]:
 
 
 def walk_files(folder: str) -> Iterator[Tuple[str, int, int]]:
-  """(path relative to folder, size, mtime in ns) of every remote file under folder, in
-  name order; what a local os.walk and lstat give."""
+  """(path relative to folder, size, mtime in ns) of every file under folder, in name order,
+  symlinks not followed; a file deleted meanwhile is left out."""
+  if not is_remote(folder):
+    for parent, subfolders, names in os.walk(folder):
+      subfolders.sort()
+      for name in sorted(names):
+        path = os.path.join(parent, name)
+        try:
+          status = os.lstat(path)
+        except FileNotFoundError:
+          continue
+        yield os.path.relpath(path, folder), status.st_size, status.st_mtime_ns
+    return
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel; only for URLs
+
   prefix = folder.rstrip("/") + "/"
   with _os_errors(folder) as gfile:
     for parent, subfolders, names in gfile.walk(prefix):
       subfolders.sort()
       for name in sorted(names):
         path = os.path.join(parent, name)
-        status = gfile.stat(path)  # a request per file: Cloud Storage lists no sizes to gfile
+        try:
+          # A request per file: gfile's listing gives no sizes.
+          status = gfile.stat(path)
+        except tf.errors.NotFoundError:
+          continue
         yield path[len(prefix):], status.length, status.mtime_nsec

@@ -16,7 +16,7 @@ from tfx.types import standard_artifacts
 import components
 import trainer
 import tuning
-from components import features
+from components import features, filesystem
 from components.atomic_pusher import executor as atomic_pusher
 from pipeline import beam_args
 from components.image_example_gen.component import ImageExampleGen
@@ -137,8 +137,8 @@ def _training_nodes(config, example_gen, schema_gen):
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)),
       # The atomic publish renames on one local filesystem; TFX's Pusher also writes gs://.
-      custom_executor_spec=None if config.remote else executor_spec.ExecutorClassSpec(
-          atomic_pusher.Executor))
+      custom_executor_spec=None if config.remote or filesystem.is_remote(config.serving_dir)
+      else executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
   nodes += [trainer_component, baseline, evaluator, pusher]
   if config.has_test_split:
     # Reported on its own: the eval split also steered early stopping and tuning.

@@ -79,7 +79,7 @@ class Emulator:
     urllib.request.urlopen(f"{self.url}/wipe?keep-buckets=1").close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     return probe.getsockname()[1]
@@ -87,7 +87,7 @@ def _free_port() -> int:
 
 def running_emulator() -> Iterator[Emulator]:
   """Starts the emulator, yields it once it answers, and stops it."""
-  port = _free_port()
+  port = free_port()
   log = tempfile.TemporaryFile()  # not a pipe: it logs every request and would fill one
   process = subprocess.Popen(
       [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",

@@ -4,11 +4,19 @@ emulator (tests/gcs.py); only ML Metadata's SQLite file stays on this machine.
 Each command runs in a subprocess: TensorFlow reads the emulator's settings when imported.
 """
 
+import base64
+import json
 import os
 import subprocess
 import sys
+import time
+
+import httpx
+import pytest
 
 from tests.conftest import write_class_folders
+from tests.gcs import free_port
+from tests.test_pipeline import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,3 +50,73 @@ def test_ingest_reads_images_and_labels_csv_from_gs(gcs, tmp_path):
   written = gcs.names("out/tfx/ImageExampleGen/examples/")
   assert any("/Split-train/" in name for name in written)
   assert any(name.endswith("/ingest_report.json") for name in written)
+
+
+# Measured: 262,144 bytes read fine, 262,145 abort the process, whoever wrote the object.
+@pytest.mark.skip(reason="TensorFlow's modular gs:// plugin aborts (heap corruption) reading "
+                         "any object over 256 KiB from gcp-storage-emulator; SavedModels and "
+                         "feature caches are larger")
+def test_run_serve_and_evaluate_all_on_gs(gcs, tmp_path):
+  data = tmp_path / "photos"
+  write_class_folders(str(data / "train"), per_class=16, seed=3)
+  write_class_folders(str(data / "test"), per_class=4, seed=4)
+  data = gcs.upload(str(data), "photos")
+
+  printed = headswap(gcs, "run", "--data", data, "--output", gcs.gs("out"),
+                     "--metadata", str(tmp_path / "metadata.sqlite"), *TINY, "--epochs", "2",
+                     "--max-trials", "2", "--depth-trials", "1", "--accuracy-threshold", "0.5")
+
+  assert "report: gs://" in printed
+  written = gcs.names("out/")
+  assert "out/report/index.html" in written
+  assert "out/report/learning_curves.png" in written
+  pushed = [name for name in written if name.startswith("out/serving/photos/")]
+  assert any(name.endswith("/saved_model.pb") for name in pushed), written
+
+  port = free_port()
+  server = subprocess.Popen(
+      [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
+       gcs.gs("out/serving/photos"), "--port", str(port)], cwd=REPO, env=gcs.env,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    url = f"http://127.0.0.1:{port}/v1/models/photos"
+    wait_until_serving(url, server)
+    with open(tmp_path / "photos" / "test" / "cats" / "cats.0.jpg", "rb") as f:
+      image = f.read()
+    answer = httpx.post(url + ":predict",
+                        json={"instances": [{"b64": base64.b64encode(image).decode()}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["class_name"] in ("cats", "dogs")
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+  scores = json.loads(headswap(gcs, "evaluate", "--model", gcs.gs("out/serving/photos"),
+                               "--data", gcs.gs("photos/test")))
+  assert scores["images"] == 8
+
+
+def test_serving_lists_the_pushed_versions_on_gs(gcs):
+  for name in ("1/saved_model.pb", "12/saved_model.pb", "12/variables/variables.index",
+               ".staging-7-1/saved_model.pb", "notes.txt"):
+    gcs.write(f"serving/pets/{name}", b"not read")
+  script = ("import sys; from serving import models; print(models.list_versions(sys.argv[1]), "
+            "models.resolve_saved_model(sys.argv[1]), models.list_versions(sys.argv[2]))")
+  done = subprocess.run([sys.executable, "-c", script, gcs.gs("serving/pets"),
+                         gcs.gs("serving/none")], cwd=REPO, env=gcs.env, capture_output=True,
+                        text=True, check=True)
+  assert done.stdout.split("\n")[-2] == f"[1, 12] {gcs.gs('serving/pets/12')} []"
+
+
+def wait_until_serving(url, server, timeout_s=240):
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if server.poll() is not None:
+      raise AssertionError(server.stderr.read().decode()[-5000:])
+    try:
+      if httpx.get(url).status_code == 200:
+        return
+    except httpx.TransportError:
+      pass
+    time.sleep(1)
+  raise AssertionError(f"{url} did not answer within {timeout_s} s")

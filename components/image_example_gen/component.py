@@ -108,18 +108,12 @@ def _files(input_base, patterns):
     return
   for pattern in patterns:
     for match in sorted(glob.glob(os.path.join(glob.escape(input_base), pattern))):
-      for path in _walk(match):
-        stat = os.lstat(path)
-        yield os.path.relpath(path, input_base), stat.st_size, stat.st_mtime_ns
-
-
-def _walk(path):
-  if os.path.isdir(path) and not os.path.islink(path):
-    for folder, subfolders, files in os.walk(path):
-      subfolders.sort()  # the same files in the same order give the same fingerprint
-      yield from (os.path.join(folder, name) for name in sorted(files))
-  else:
-    yield path
+      if os.path.isdir(match) and not os.path.islink(match):
+        yield from ((os.path.join(os.path.relpath(match, input_base), relative), size, mtime)
+                    for relative, size, mtime in filesystem.walk_files(match))
+      else:
+        stat = os.lstat(match)
+        yield os.path.relpath(match, input_base), stat.st_size, stat.st_mtime_ns
 
 
 class _InputProcessor(input_processor.FileBasedInputProcessor):
