@@ -39,14 +39,18 @@ def test_ingest_reads_images_and_labels_csv_from_gs(gcs, tmp_path):
       os.rename(os.path.join(folders, class_name, name), flat / name)
       rows.append(f"{name},{class_name}")
   (flat / ".hidden.jpg").write_bytes(b"not read")
+  (flat / "huge.jpg").write_bytes(bytes(200_000))  # over --max-file-bytes: never read
+  rows.append("huge.jpg,cats")
   data = gcs.upload(str(flat), "photos")
   gcs.write("labels.csv", "\n".join(rows).encode())
 
   printed = headswap(gcs, "ingest", "--data", data, "--labels", gcs.gs("labels.csv"),
-                     "--output", gcs.gs("out"), "--metadata", str(tmp_path / "metadata.sqlite"))
+                     "--output", gcs.gs("out"), "--metadata", str(tmp_path / "metadata.sqlite"),
+                     "--max-file-bytes", "100000")
 
   assert "12 examples, 2 classes (csv layout)" in printed
   assert ".hidden.jpg: not in the labels CSV" in printed
+  assert "huge.jpg: 200,000 bytes: larger than the file size limit" in printed
   written = gcs.names("out/tfx/ImageExampleGen/examples/")
   assert any("/Split-train/" in name for name in written)
   assert any(name.endswith("/ingest_report.json") for name in written)
