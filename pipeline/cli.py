@@ -114,12 +114,12 @@ def _run_pipeline(args, stages):
   if cpu_replicas > 1:
     from trainer.strategy import configure_cpu_devices
     configure_cpu_devices(cpu_replicas)  # before anything initialises TensorFlow
+  metadata_file = _metadata_file(args)  # before the slow imports and listing the data
   from components import features
   from components.image_example_gen.executor import summarize
   from pipeline import local_runner
 
-  artifacts = local_runner.run(_config(args, stages), _metadata_file(args),
-                               args.beam_args.split())
+  artifacts = local_runner.run(_config(args, stages), metadata_file, args.beam_args.split())
   examples = artifacts["ImageExampleGen.examples"]
   print(summarize(local_runner.read_json(os.path.join(examples, features.REPORT_FILE))))
   print(f"examples: {examples}")
@@ -128,13 +128,13 @@ def _run_pipeline(args, stages):
 
 def _metadata_file(args) -> str:
   from components import filesystem
-  from pipeline import local_runner
 
   if args.metadata:
     return args.metadata
   if filesystem.is_remote(args.output):
     sys.exit(f"headswap: --output {args.output} is not on this machine, and ML Metadata is a "
              "local SQLite file: give --metadata PATH")
+  from pipeline import local_runner
   return local_runner.metadata_path(args.output)
 
 

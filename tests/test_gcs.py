@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from pipeline import cli
 from tests.conftest import write_class_folders
 from tests.gcs import free_port
 from tests.test_pipeline import TINY
@@ -54,6 +55,11 @@ def test_ingest_reads_images_and_labels_csv_from_gs(gcs, tmp_path):
   written = gcs.names("out/tfx/ImageExampleGen/examples/")
   assert any("/Split-train/" in name for name in written)
   assert any(name.endswith("/ingest_report.json") for name in written)
+
+
+def test_a_gs_output_needs_a_local_metadata_file(folders_dataset):
+  with pytest.raises(SystemExit, match="give --metadata PATH"):
+    cli.main(["ingest", "--data", folders_dataset, "--output", "gs://bucket/out"])
 
 
 # Measured: 262,144 bytes read fine, 262,145 abort the process, whoever wrote the object.
