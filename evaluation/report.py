@@ -11,7 +11,6 @@ import html
 import io
 import json
 import os
-import shutil
 from typing import Any, Dict, List, Optional
 
 import matplotlib
@@ -50,7 +49,7 @@ def _parsed_examples(examples_uri: str, split: str):
 
 def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   """Writes the report from the newest artifacts of a run; returns index.html's path."""
-  os.makedirs(folder, exist_ok=True)
+  tf.io.gfile.makedirs(folder)  # here and below gfile: folder may be gs://
   examples = artifacts["ImageExampleGen.examples"]
   ingest = _read_json(os.path.join(examples, features.REPORT_FILE))
   sections = [("Data", _ingest_html(ingest) + _anomalies_html(artifacts))]
@@ -72,7 +71,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   if "Evaluator.blessing" in artifacts:
     sections.append(("Gate", _gate_html(artifacts, len(ingest["class_names"]))))
   path = os.path.join(folder, "index.html")
-  with open(path, "w") as f:
+  with tf.io.gfile.GFile(path, "w") as f:
     f.write("<!doctype html><html><head><meta charset='utf-8'><title>headswap report</title>"
             "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
@@ -115,7 +114,7 @@ def _training_html(model_run, folder):
   parts = []
   curves = os.path.join(model_run, CURVES_FILE)
   if tf.io.gfile.exists(curves):
-    shutil.copyfile(curves, os.path.join(folder, CURVES_FILE))
+    tf.io.gfile.copy(curves, os.path.join(folder, CURVES_FILE), overwrite=True)
     parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
   summary = _read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
@@ -235,8 +234,7 @@ def _confusion_png(report, path):
     axis.text(column, row, str(value), ha="center", va="center",
               color="white" if value > matrix.max() / 2 else "black")
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  _save_png(figure, path, dpi=100)
 
 
 def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Optional[str]:
@@ -253,9 +251,14 @@ def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Op
     image.thumbnail((THUMBNAIL * 2, THUMBNAIL * 2))
     axis.imshow(image)
     axis.set_title(caption, fontsize=8)
-  figure.savefig(path, dpi=80)
-  plt.close(figure)
+  _save_png(figure, path, dpi=80)
   return path
+
+
+def _save_png(figure, path, dpi):
+  with tf.io.gfile.GFile(path, "wb") as f:
+    figure.savefig(f, format="png", dpi=dpi)
+  plt.close(figure)
 
 
 def _read_json(path) -> Optional[Any]:

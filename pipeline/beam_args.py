@@ -14,8 +14,6 @@ import math
 import os
 from typing import List, Optional
 
-from components.image_example_gen import sources
-
 WORKER_START_S = 127.0  # extra seconds of the multi-process ingest, both steps
 PER_IMAGE_S = 0.0113  # seconds per image of the in-process ingest, both steps
 REMOTE_CORES = 4  # a Vertex AI Pipelines step's default machine (e2-standard-4)
@@ -30,18 +28,7 @@ def multi_process_min_images(cores: int) -> float:
   return WORKER_START_S / (PER_IMAGE_S * (1 - 1 / cores))
 
 
-def ingest_beam_args(data: str, tfds_data_dir: Optional[str] = None,
-                     remote: bool = False) -> List[str]:
+def ingest_beam_args(num_images: Optional[int], remote: bool = False) -> List[str]:
+  """num_images: as the CLI's listing counted them; None (not listed) keeps one process."""
   cores = REMOTE_CORES if remote else os.cpu_count() or 1
-  return MULTI_PROCESS if image_count(data, tfds_data_dir) >= multi_process_min_images(
-      cores) else []
-
-
-def image_count(data: str, tfds_data_dir: Optional[str] = None) -> int:
-  """Files under the data folder (no image is opened), or a TFDS dataset's examples."""
-  if data.startswith(sources.TFDS_PREFIX):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel; heavy
-
-    info = tfds.builder(data[len(sources.TFDS_PREFIX):], data_dir=tfds_data_dir).info
-    return sum(split.num_examples for split in info.splits.values())
-  return sum(len(files) for _, _, files in os.walk(data))
+  return MULTI_PROCESS if (num_images or 0) >= multi_process_min_images(cores) else []

@@ -21,9 +21,11 @@ DEFAULT_OUTPUT = "output"
 
 def _add_data_arguments(parser):
   parser.add_argument("--data", required=True,
-                      help="image folder (root/<class>/*, root/train|test/<class>/*, or images "
-                           "with --labels) or tfds:<name> for a TensorFlow Datasets dataset")
-  parser.add_argument("--labels", help="CSV of filename,label for the images in --data")
+                      help="image folder, local or gs:// (root/<class>/*, "
+                           "root/train|test/<class>/*, or images with --labels) or tfds:<name> "
+                           "for a TensorFlow Datasets dataset")
+  parser.add_argument("--labels",
+                      help="CSV of filename,label for the images in --data, local or gs://")
   parser.add_argument("--file-column",
                       help="the --labels column of file names (default: one named "
                            f"{'/'.join(sources.FILENAME_COLUMNS)}, or the first of two)")
@@ -34,7 +36,11 @@ def _add_data_arguments(parser):
                       help="read symlinks and --labels rows that lead outside --data "
                            "(skipped by default)")
   parser.add_argument("--output", default=DEFAULT_OUTPUT,
-                      help="folder for artifacts, metadata, served models and the report")
+                      help="folder for artifacts, metadata, served models and the report, "
+                           "local or gs://")
+  parser.add_argument("--metadata",
+                      help="ML Metadata's SQLite file, on this machine (default: "
+                           "OUTPUT/metadata.sqlite; required when --output is gs://)")
   parser.add_argument("--name", help="pipeline name (default: from the data folder)")
   parser.add_argument("--eval-percent", type=int, default=sources.DEFAULT_EVAL_PERCENT,
                       help="share of the training images held out for evaluation, by hash")
@@ -91,15 +97,15 @@ def _config(args, stages):
 
   listing_options = dict(file_column=args.file_column, label_column=args.label_column,
                          allow_outside_root=args.allow_outside_root)
-  class_names, has_test_split = sources.preflight(args.data, args.labels, args.tfds_data_dir,
-                                                  **listing_options)
+  found = sources.preflight(args.data, args.labels, args.tfds_data_dir, **listing_options)
   name = pipeline_name(args)
   return PipelineConfig(
       name=name, root=os.path.join(args.output, "tfx"), data=args.data,
       labels_csv=args.labels, tfds_data_dir=args.tfds_data_dir, **listing_options,
       eval_percent=args.eval_percent, max_pixels=args.max_pixels,
       max_file_bytes=args.max_file_bytes,
-      num_classes=len(class_names), has_test_split=has_test_split, stages=stages,
+      num_classes=len(found.class_names), num_images=found.images,
+      has_test_split=found.has_test_split, stages=stages,
       hparams=_given_hparams(args), serving_dir=os.path.join(args.output, "serving", name),
       accuracy_threshold=getattr(args, "accuracy_threshold", None),
       max_accuracy_drop=getattr(args, "max_accuracy_drop", 0.01),
@@ -112,15 +118,28 @@ def _run_pipeline(args, stages):
   if cpu_replicas > 1:
     from trainer.strategy import configure_cpu_devices
     configure_cpu_devices(cpu_replicas)  # before anything initialises TensorFlow
+  metadata_file = _metadata_file(args)  # before the slow imports and listing the data
   from components import features
   from components.image_example_gen.executor import summarize
   from pipeline import local_runner
 
-  artifacts = local_runner.run(_config(args, stages), args.output, args.beam_args.split())
+  artifacts = local_runner.run(_config(args, stages), metadata_file, args.beam_args.split())
   examples = artifacts["ImageExampleGen.examples"]
   print(summarize(local_runner.read_json(os.path.join(examples, features.REPORT_FILE))))
   print(f"examples: {examples}")
   return artifacts
+
+
+def _metadata_file(args) -> str:
+  from components import filesystem
+
+  if args.metadata:
+    return args.metadata
+  if filesystem.is_remote(args.output):
+    sys.exit(f"headswap: --output {args.output} is not on this machine, and ML Metadata is a "
+             "local SQLite file: give --metadata PATH")
+  from pipeline import local_runner
+  return local_runner.metadata_path(args.output)
 
 
 def cmd_ingest(args):

@@ -13,23 +13,25 @@ from pipeline.pipeline import PipelineConfig, create_pipeline
 
 
 def metadata_path(output: str) -> str:
+  """The default metadata file: in the output folder, when that is on this machine."""
   return os.path.join(output, "metadata.sqlite")
 
 
-def run(config: PipelineConfig, output: str,
+def run(config: PipelineConfig, metadata_file: str,
         beam_pipeline_args: Optional[List[str]] = None) -> Dict[str, str]:
-  """Runs the pipeline; returns the newest artifact URI of each component output."""
-  connection = metadata.sqlite_metadata_connection_config(
-      metadata_path(output))
+  """Runs the pipeline; returns the newest artifact URI of each component output.
+
+  metadata_file is ML Metadata's SQLite file, which must be on this machine.
+  """
+  connection = metadata.sqlite_metadata_connection_config(metadata_file)
   LocalDagRunner().run(
       create_pipeline(config, connection, beam_pipeline_args))
-  return latest_artifacts(output)
+  return latest_artifacts(metadata_file)
 
 
-def latest_artifacts(output: str) -> Dict[str, str]:
+def latest_artifacts(metadata_file: str) -> Dict[str, str]:
   """{"<Component>.<output key>": uri} of the newest artifacts, read back from the metadata."""
-  connection = metadata.sqlite_metadata_connection_config(
-      metadata_path(output))
+  connection = metadata.sqlite_metadata_connection_config(metadata_file)
   store = metadata_store.MetadataStore(connection)
   uris = {}
   for artifact in sorted(store.get_artifacts(), key=lambda a: a.id):

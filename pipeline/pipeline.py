@@ -20,7 +20,7 @@ from tfx.types import Channel, standard_artifacts
 import components
 import trainer
 import tuning
-from components import features
+from components import features, filesystem
 from components.anomalies import AnomaliesGate
 from components.atomic_pusher import executor as atomic_pusher
 from components.image_example_gen.component import ImageExampleGen
@@ -52,6 +52,7 @@ class PipelineConfig:
   max_pixels: int = DEFAULT_MAX_PIXELS
   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
   num_classes: Optional[int] = None  # known when the data was listed up front: enables checks
+  num_images: Optional[int] = None  # ... and then the ingest's Beam workers are sized by it
   stages: str = "all"  # "ingest" stops after data validation
   has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
   hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
@@ -101,7 +102,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
   if not beam_pipeline_args:  # given args apply to every step; else one process or many by size
     for component in (example_gen, statistics_gen):
       component.with_beam_pipeline_args(
-          beam_args.ingest_beam_args(config.data, config.tfds_data_dir, config.remote))
+          beam_args.ingest_beam_args(config.num_images, config.remote))
   schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"])
   example_validator = ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
@@ -167,8 +168,8 @@ def _training_nodes(config, example_gen, schema_gen):
       push_destination=pusher_pb2.PushDestination(
           filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_dir)),
       # The atomic publish renames on one local filesystem; TFX's Pusher also writes gs://.
-      custom_executor_spec=None if config.remote else executor_spec.ExecutorClassSpec(
-          atomic_pusher.Executor))
+      custom_executor_spec=None if config.remote or filesystem.is_remote(config.serving_dir)
+      else executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
   nodes += [trainer_component, baseline, evaluator, pusher]
   if config.has_test_split:
     # Reported on its own: the eval split also steered early stopping and tuning.

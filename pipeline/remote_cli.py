@@ -7,8 +7,6 @@ import json
 import os
 import sys
 
-GCS_PREFIX = "gs://"
-
 
 def register(commands):
   # Every flag of `headswap run`, from a copy of its parser: --output is replaced here only.
@@ -17,8 +15,8 @@ def register(commands):
       "compile", parents=[run_flags], add_help=False, conflict_handler="resolve",
       help="compile the pipeline for Vertex AI Pipelines or Kubeflow Pipelines v2",
       description="Compiles the pipeline `headswap run` would run, every step in --image. "
-                  "--data must be readable here and at the same path in the containers "
-                  "(Vertex AI mounts gs://BUCKET at /gcs/BUCKET; mount it here with gcsfuse).")
+                  "--data (a gs:// folder, or a path mounted at the same place here and in "
+                  "the containers) is listed here for its classes and layout.")
   compile_parser.add_argument("--target", choices=("vertex", "kubeflow"), default="vertex")
   compile_parser.add_argument("--output", required=True,
                               help="the compiled pipeline: a Vertex PipelineJob (.json) or a "
@@ -58,10 +56,6 @@ def register(commands):
 def compile_main(args):
   from pipeline import cli, kubeflow_runner  # pylint: disable=import-outside-toplevel
 
-  if args.data.startswith(GCS_PREFIX):
-    mounted = "/gcs/" + args.data[len(GCS_PREFIX):]
-    sys.exit(f"headswap compile: --data must be a folder: mount the bucket with gcsfuse at "
-             f"/gcs/<bucket> and pass --data {mounted} (Vertex AI mounts buckets there too)")
   try:
     config = cli._config(args, "all")  # pylint: disable=protected-access
     config = dataclasses.replace(

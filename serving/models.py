@@ -1,4 +1,5 @@
-"""Exported model versions on disk, loaded for serving (the contract is trainer/export.py)."""
+"""Exported model versions, on disk or gs://, loaded for serving (the contract is
+trainer/export.py)."""
 
 import dataclasses
 import io
@@ -13,6 +14,7 @@ from google.protobuf import json_format
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
+from components import filesystem
 from serving.errors import RequestError, bad_request
 from trainer import export
 
@@ -38,7 +40,7 @@ class LoadedModel:
     self.version = version
     self._saved_model = tf.saved_model.load(path)  # owns the variables the signature reads
     self._serve = self._saved_model.signatures[export.SERVING_SIGNATURE]
-    with open(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
+    with filesystem.open_file(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
       self.metadata = json.load(f)
     self.class_names: List[str] = self.metadata["class_names"]
     self.signature_defs = _signature_defs(path)
@@ -76,7 +78,7 @@ def _reason(error: tf.errors.OpError) -> str:
 
 def _signature_defs(path: str) -> Dict:
   """The SignatureDefs as TF Serving's metadata API prints them (proto field names)."""
-  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+  with filesystem.open_file(os.path.join(path, "saved_model.pb")) as f:
     saved_model = saved_model_pb2.SavedModel.FromString(f.read())
   return {name: json_format.MessageToDict(signature, preserving_proto_field_name=True,
                                           including_default_value_fields=True)
@@ -86,16 +88,16 @@ def _signature_defs(path: str) -> Dict:
 def list_versions(base_path: str) -> List[int]:
   """Published version numbers under base_path, oldest first."""
   try:
-    names = os.listdir(base_path)
+    entries = filesystem.scan(base_path)
   except FileNotFoundError:
     return []
-  return sorted(int(name) for name in names
-                if VERSION_FOLDER.fullmatch(name) and os.path.isdir(os.path.join(base_path, name)))
+  return sorted(int(name) for name, is_folder in entries
+                if is_folder and VERSION_FOLDER.fullmatch(name))
 
 
 def resolve_saved_model(path: str) -> str:
   """`path` itself if it is a SavedModel, else its newest version folder."""
-  if os.path.exists(os.path.join(path, "saved_model.pb")):
+  if filesystem.exists(os.path.join(path, "saved_model.pb")):
     return path
   versions = list_versions(path)
   if not versions:
@@ -148,13 +150,4 @@ class ServedVersions:
 
 def _files_of(folder: str) -> Tuple:
   """(path, size, mtime) of every file under folder: changes whenever its content does."""
-  files = []
-  for root, _, names in os.walk(folder):
-    for name in names:
-      path = os.path.join(root, name)
-      try:
-        stat = os.stat(path)
-      except OSError:  # deleted meanwhile: the next look sees the change
-        continue
-      files.append((os.path.relpath(path, folder), stat.st_size, stat.st_mtime_ns))
-  return tuple(sorted(files))
+  return tuple(filesystem.walk_files(folder))

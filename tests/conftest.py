@@ -146,7 +146,7 @@ def run_ingest(data, output, *flags) -> dict:
   from pipeline import cli, local_runner
 
   cli.main(["ingest", "--data", str(data), "--output", str(output), *flags])
-  return local_runner.latest_artifacts(str(output))
+  return local_runner.latest_artifacts(local_runner.metadata_path(str(output)))
 
 
 def read_json(path):
@@ -215,3 +215,19 @@ def prepare_mock_tfds(name, split_sizes):
       for split, size in split_sizes.items()]))
   os.makedirs(builder.data_dir)
   builder.info.write_to_directory(builder.data_dir)
+
+
+# --- gs:// on a local Cloud Storage emulator (tests/gcs.py) ----------------------------------
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  from tests import gcs
+
+  yield from gcs.running_emulator()
+
+
+@pytest.fixture
+def gcs(gcs_emulator):
+  """The emulator, empty: each test starts with a bare bucket."""
+  gcs_emulator.wipe()
+  return gcs_emulator

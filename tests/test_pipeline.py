@@ -40,7 +40,7 @@ def good_run(tmp_path_factory):
   output = str(root / "output")
   cli.main(["run", "--data", str(data), "--output", output, *TINY, "--epochs", "10",
             "--max-trials", "4", "--depth-trials", "2", "--accuracy-threshold", "0.7"])
-  return str(data), output, local_runner.latest_artifacts(output)
+  return str(data), output, local_runner.latest_artifacts(local_runner.metadata_path(output))
 
 
 def _versions(output):
@@ -121,7 +121,7 @@ def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run,
             # A high learning rate: early stopping on the (correct) eval split would otherwise
             # keep the barely trained first epoch, which a random head may get right.
             "--learning-rate", "0.1", "--accuracy-threshold", "0"])
-  artifacts = local_runner.latest_artifacts(output)
+  artifacts = local_runner.latest_artifacts(local_runner.metadata_path(output))
   assert _eval_files(artifacts["ImageExampleGen.examples"]) == held_out
   assert not _blessed(artifacts)
   assert _versions(output) == served_before

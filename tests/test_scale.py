@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
 
+from components.image_example_gen import sources
 from pipeline import beam_args, cli
 from pipeline.pipeline import PipelineConfig, create_pipeline
 from tests.conftest import read_examples, run_ingest, write_class_folders
@@ -165,7 +166,8 @@ def test_ingest_is_multi_process_by_default_only_for_large_data(tmp_path):
 
   def beam_steps(data, given=None, remote=False):
     config = PipelineConfig(name="pets", root=str(tmp_path / "root"), data=data,
-                            stages="ingest", remote=remote)
+                            stages="ingest", remote=remote,
+                            num_images=sources.preflight(data).images)
     return {c.id: c.executor_spec.beam_pipeline_args
             for c in create_pipeline(config, beam_pipeline_args=given).components
             if isinstance(c.executor_spec, BeamExecutorSpec)}

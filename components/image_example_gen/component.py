@@ -11,7 +11,7 @@ from tfx.components.example_gen import driver, input_processor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components import features
+from components import features, filesystem
 from components.image_example_gen import executor, sources
 from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
                                                   DEFAULT_MAX_PIXELS)
@@ -42,12 +42,12 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
     settings.update(tfds_name=tfds_name, tfds_data_dir=input_base)
   else:
     tfds_name = None
-    input_base = os.path.abspath(data)
+    input_base = filesystem.absolute(data)
   if labels_csv:
-    settings.update(labels_csv=os.path.abspath(labels_csv), file_column=file_column or "",
+    settings.update(labels_csv=filesystem.absolute(labels_csv), file_column=file_column or "",
                     label_column=label_column or "")
     # TFX fingerprints the image files only; a relabelled CSV must invalidate the cache too.
-    with open(labels_csv, "rb") as f:
+    with filesystem.open_file(labels_csv) as f:
       settings["labels_csv_sha256"] = hashlib.sha256(f.read()).hexdigest()
 
   splits = [example_gen_pb2.SplitConfig.Split(name=features.TRAIN,
@@ -75,7 +75,7 @@ def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disa
 
 def _has_test_split(data, tfds_name, tfds_data_dir) -> bool:
   if tfds_name is None:
-    return os.path.isdir(os.path.join(data, features.TEST))
+    return filesystem.isdir(os.path.join(data, features.TEST))
   import tensorflow_datasets as tfds
   return features.TEST in tfds.builder(tfds_name, data_dir=tfds_data_dir).info.splits
 
@@ -88,27 +88,32 @@ def input_fingerprint(input_base: str, patterns) -> str:
   symlinks, so one broken link would fail the run before the executor could skip it.
   """
   digest = hashlib.sha256()
-  for pattern in patterns:
-    full_pattern = os.path.join(glob.escape(input_base), pattern)
-    matches = sorted(glob.glob(full_pattern))
-    if not matches:
-      raise sources.IngestError(f"no files match {full_pattern!r}")
-    for match in matches:
-      for path in _walk(match):
-        stat = os.lstat(path)
-        # fsencode: a name that is not UTF-8 is hashed as its bytes on disk.
-        digest.update(os.fsencode(os.path.relpath(path, input_base)) +
-                      f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  found = False
+  for relative, size, mtime_ns in _files(input_base, patterns):
+    found = True
+    # fsencode: a name that is not UTF-8 is hashed as its bytes on disk.
+    digest.update(os.fsencode(relative) + f"\0{size}\0{mtime_ns}\n".encode())
+  if not found:
+    raise sources.IngestError(f"no files match {patterns} in {input_base!r}")
   return f"files sha256:{digest.hexdigest()}"
 
 
-def _walk(path):
-  if os.path.isdir(path) and not os.path.islink(path):
-    for folder, subfolders, files in os.walk(path):
-      subfolders.sort()  # the same files in the same order give the same fingerprint
-      yield from (os.path.join(folder, name) for name in sorted(files))
-  else:
-    yield path
+def _files(input_base, patterns):
+  """(path relative to input_base, size, mtime in ns) of the files the patterns match.
+
+  Under gs:// every file counts: its globs take no wildcard in a folder part.
+  """
+  if filesystem.is_remote(input_base):
+    yield from filesystem.walk_files(input_base)
+    return
+  for pattern in patterns:
+    for match in sorted(glob.glob(os.path.join(glob.escape(input_base), pattern))):
+      if os.path.isdir(match) and not os.path.islink(match):
+        yield from ((os.path.join(os.path.relpath(match, input_base), relative), size, mtime)
+                    for relative, size, mtime in filesystem.walk_files(match))
+      else:
+        stat = os.lstat(match)
+        yield os.path.relpath(match, input_base), stat.st_size, stat.st_mtime_ns
 
 
 class _InputProcessor(input_processor.FileBasedInputProcessor):

@@ -18,7 +18,7 @@ from typing import Tuple
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from components import features
+from components import features, filesystem
 from components.image_example_gen.sources import DEFAULT_MAX_FILE_BYTES
 
 KEPT_FORMATS = ("JPEG", "PNG")
@@ -35,31 +35,44 @@ class OverPixelLimit(SkipImage):
 
 
 def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-  """The bytes of a regular file of at most max_bytes, or SkipImage.
+  """The bytes of a regular file or a gs:// object of at most max_bytes, or SkipImage.
 
-  Opened without blocking, so a FIFO cannot hang the run; checked on the open descriptor,
-  so what is read is what was checked; read to max_bytes + 1 at most, so a device such as
-  /dev/zero or a file that grows after the check cannot fill the memory.
+  The size is checked before reading, and the read stops at max_bytes + 1, so that neither
+  a device such as /dev/zero nor a file that grows after the check can fill the memory.
   """
+  too_big = (f"larger than the file size limit of {max_bytes:,} bytes "
+             "(raise --max-file-bytes to accept it)")
+  read = _read_object if filesystem.is_remote(path) else _read_local_file
   try:
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    data = read(path, max_bytes, too_big)
   except OSError as error:
     raise SkipImage(f"unreadable: {error.strerror or error}") from error
+  if len(data) > max_bytes:
+    raise SkipImage(f"grew while read: {too_big}")
+  return data
+
+
+def _read_local_file(path, max_bytes, too_big) -> bytes:
+  """Opened without blocking, so a FIFO cannot hang the run; checked on the open descriptor,
+  so what is read is what was checked."""
+  descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
   with open(descriptor, "rb") as f:
     status = os.fstat(descriptor)
     if not stat.S_ISREG(status.st_mode):
       raise SkipImage("not a regular file (a FIFO, device or socket)")
-    too_big = (f"larger than the file size limit of {max_bytes:,} bytes "
-               "(raise --max-file-bytes to accept it)")
     if status.st_size > max_bytes:
       raise SkipImage(f"{status.st_size:,} bytes: {too_big}")
-    try:
-      data = f.read(max_bytes + 1)
-    except OSError as error:
-      raise SkipImage(f"unreadable: {error.strerror or error}") from error
-  if len(data) > max_bytes:
-    raise SkipImage(f"grew while read: {too_big}")
-  return data
+    return f.read(max_bytes + 1)
+
+
+def _read_object(path, max_bytes, too_big) -> bytes:
+  """An object store holds only regular files, but one may be replaced between the size
+  check and the read: the read stays bounded."""
+  size = filesystem.size(path)
+  if size > max_bytes:
+    raise SkipImage(f"{size:,} bytes: {too_big}")
+  with filesystem.open_file(path) as f:
+    return f.read(max_bytes + 1)
 
 
 def to_example(data: bytes, source: str, label: int, label_name: str,

@@ -18,9 +18,9 @@ import csv
 import dataclasses
 import io
 import os
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
-from components import features
+from components import features, filesystem
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos
@@ -62,11 +62,11 @@ def file_pattern(layout: str, tfds_name: Optional[str] = None) -> str:
 def detect_layout(root: str, labels_csv: Optional[str] = None) -> str:
   if root.startswith(TFDS_PREFIX):
     return "tfds"
-  if not os.path.isdir(root):
+  if not filesystem.isdir(root):
     raise IngestError(f"data folder {root!r} does not exist or is not a folder")
   if labels_csv:
     return "csv"
-  if os.path.isdir(os.path.join(root, "train")):
+  if filesystem.isdir(os.path.join(root, "train")):
     return "presplit"
   return "folders"
 
@@ -93,9 +93,16 @@ def list_images(root: str, labels_csv: Optional[str] = None,
   return _printable(listing)
 
 
+class Preflight(NamedTuple):
+  class_names: List[str]
+  has_test_split: bool
+  images: int  # to read; some may still be skipped
+
+
 def preflight(root: str, labels_csv: Optional[str] = None, tfds_data_dir: Optional[str] = None,
-              **listing_options) -> Tuple[List[str], bool]:
-  """(class names, whether a test split is given), cheaply, before any pipeline starts.
+              **listing_options) -> Preflight:
+  """What the pipeline is set up by, cheaply, before it starts; the one listing of the data
+  outside the ingest's executor.
 
   Layout mistakes raise IngestError here, before TFX and Beam spend a minute starting.
   listing_options are list_images's.
@@ -103,9 +110,13 @@ def preflight(root: str, labels_csv: Optional[str] = None, tfds_data_dir: Option
   if detect_layout(root, labels_csv) == "tfds":
     builder = _tfds_builder(root[len(TFDS_PREFIX):], tfds_data_dir)
     _, label_key = _tfds_keys(builder)
-    return sorted(builder.info.features[label_key].names), features.TEST in builder.info.splits
+    return Preflight(sorted(builder.info.features[label_key].names),
+                     features.TEST in builder.info.splits,
+                     sum(split.num_examples for split in builder.info.splits.values()))
   listing = list_images(root, labels_csv, **listing_options)
-  return listing.class_names, any(c.given_split == features.TEST for c in listing.candidates)
+  return Preflight(listing.class_names,
+                   any(c.given_split == features.TEST for c in listing.candidates),
+                   len(listing.candidates))
 
 
 def shown(name: str) -> str:
@@ -155,13 +166,13 @@ def _list_class_folders(root, prefix, given_split, skipped, allow_outside_root):
   folder = os.path.join(root, prefix)
   class_names = []
   candidates = []
-  for entry in sorted(os.listdir(folder)):
+  for entry, is_folder in filesystem.scan(folder):
     relative = os.path.join(prefix, entry)
     path = os.path.join(folder, entry)
     if entry.startswith("."):
       skipped.append((relative, "hidden"))
       continue
-    if not os.path.isdir(path):
+    if not is_folder:
       skipped.append((relative, "file outside any class folder"))
       continue
     found = _list_files(root, relative, entry, given_split, skipped, allow_outside_root)
@@ -174,9 +185,9 @@ def _list_class_folders(root, prefix, given_split, skipped, allow_outside_root):
 
 def _list_files(root, relative_folder, label_name, given_split, skipped, allow_outside_root):
   found = []
-  for name in sorted(os.listdir(os.path.join(root, relative_folder))):
+  for name, is_folder in filesystem.scan(os.path.join(root, relative_folder)):
     relative = os.path.join(relative_folder, name)
-    reason = _unreadable_reason(root, relative, allow_outside_root)
+    reason = _unreadable_reason(root, relative, is_folder, allow_outside_root)
     if reason:
       skipped.append((relative, reason))
     else:
@@ -184,16 +195,20 @@ def _list_files(root, relative_folder, label_name, given_split, skipped, allow_o
   return found
 
 
-def _unreadable_reason(root, relative, allow_outside_root) -> Optional[str]:
+def _unreadable_reason(root, relative, is_folder, allow_outside_root) -> Optional[str]:
   path = os.path.join(root, relative)
   if os.path.basename(relative).startswith("."):
     return "hidden"
-  real_root, real_path = os.path.realpath(root), os.path.realpath(path)
-  if not allow_outside_root and os.path.commonpath([real_root, real_path]) != real_root:
-    return f"outside the data folder (it is {real_path}; --allow-outside-root reads it)"
-  if os.path.islink(path) and not os.path.exists(path):
-    return "broken symlink"
-  if os.path.isdir(path):
+  if filesystem.is_remote(root):  # an object store has no symlinks, only names
+    if os.path.isabs(relative) or relative.split("/")[0] == os.pardir:
+      return "outside the data folder (--allow-outside-root does not reach out of gs://)"
+  else:
+    real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+    if not allow_outside_root and os.path.commonpath([real_root, real_path]) != real_root:
+      return f"outside the data folder (it is {real_path}; --allow-outside-root reads it)"
+    if os.path.islink(path) and not os.path.exists(path):
+      return "broken symlink"
+  if is_folder:
     return "nested folder (only files directly in a class folder are read)"
   return None
 
@@ -207,7 +222,7 @@ def _require_two_classes(class_names, where, why_here=""):
 
 def _list_presplit(root, allow_outside_root) -> Listing:
   skipped = []
-  for entry in sorted(os.listdir(root)):
+  for entry in filesystem.listdir(root):
     if entry not in ("train", "test"):
       skipped.append((entry, "not a train/ or test/ folder"))
   class_names, candidates = _list_class_folders(root, "train", None, skipped,
@@ -216,7 +231,7 @@ def _list_presplit(root, allow_outside_root) -> Listing:
       class_names, os.path.join(root, "train"),
       " (a folder named train/ switched to the pre-split layout, train/<class>/ and "
       "test/<class>/; rename it if it is a class)")
-  if os.path.isdir(os.path.join(root, "test")):
+  if filesystem.isdir(os.path.join(root, "test")):
     test_classes, test_candidates = _list_class_folders(root, "test", features.TEST, skipped,
                                                         allow_outside_root)
     unknown = sorted(set(test_classes) - set(class_names))
@@ -235,8 +250,9 @@ def _list_csv(root, labels_csv, file_column, label_column, allow_outside_root) -
   file_index, label_index = _csv_columns(labels_csv, rows[0], file_column, label_column)
   skipped = []
   labels = {}  # file -> {label: first line giving it}, in the CSV's order
+  entries = dict(filesystem.scan(root))  # name -> is a folder
   by_stem = {}
-  for name in os.listdir(root):
+  for name in entries:
     by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
   for line_number, row in enumerate(rows[1:], start=2):
     if (len(row) <= max(file_index, label_index) or not row[file_index].strip()
@@ -244,25 +260,28 @@ def _list_csv(root, labels_csv, file_column, label_column, allow_outside_root) -
       skipped.append((f"{labels_csv}:{line_number}", "CSV row without a file name and label"))
       continue
     relative = row[file_index].strip()
-    if not os.path.lexists(os.path.join(root, relative)) and len(by_stem.get(relative, [])) == 1:
+    if relative not in entries and len(by_stem.get(relative, [])) == 1:
       relative = by_stem[relative][0]  # Kaggle's id columns often leave the extension out
     labels.setdefault(os.path.normpath(relative), {}).setdefault(
         row[label_index].strip(), line_number)
   candidates = []
   for relative, lines in labels.items():
     path = os.path.join(root, relative)
-    reason = _unreadable_reason(root, relative, allow_outside_root)
+    listed = relative in entries  # else in a subfolder, or missing: ask the filesystem
+    reason = _unreadable_reason(root, relative,
+                                entries[relative] if listed else filesystem.isdir(path),
+                                allow_outside_root)
     if len(lines) > 1:
       reason = "labelled " + " and ".join(
           f"{label!r} (line {line})" for label, line in lines.items()) + " in the labels CSV"
-    elif not reason and not os.path.lexists(path):
+    elif not reason and not (listed or filesystem.exists(path)):
       reason = "listed in the labels CSV but missing"
     if reason:
       skipped.append((relative, reason))
     else:
       candidates.append(Candidate(relative, next(iter(lines)), None, path=path))
-  for name in sorted(os.listdir(root)):
-    if name not in labels and os.path.join(root, name) != os.path.abspath(labels_csv):
+  for name in sorted(entries):
+    if name not in labels and os.path.join(root, name) != filesystem.absolute(labels_csv):
       skipped.append((name, "not in the labels CSV"))
   class_names = sorted({c.label_name for c in candidates})
   _require_two_classes(class_names, labels_csv)
@@ -271,9 +290,9 @@ def _list_csv(root, labels_csv, file_column, label_column, allow_outside_root) -
 
 def _read_csv(labels_csv) -> List[List[str]]:
   """The rows of a UTF-8 CSV; anything else stops with the line it went wrong on."""
-  if not os.path.isfile(labels_csv):
+  if not filesystem.isfile(labels_csv):
     raise IngestError(f"labels CSV {labels_csv!r} does not exist or is not a file")
-  with open(labels_csv, "rb") as f:
+  with filesystem.open_file(labels_csv) as f:
     data = f.read().removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
 
   def line_of(offset):
