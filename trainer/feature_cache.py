@@ -87,7 +87,7 @@ class FrozenOutputs:
                       views_key)
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path, "rb") as f:
-        cached = np.load(io.BytesIO(f.read()))
+        cached = np.load(f)  # read into the arrays directly: no copy of the file in memory
         return cached["features"], cached["labels"]
     if blocks < self._deepest:
       below = self._split_outputs(split, self._deepest)
