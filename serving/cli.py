@@ -62,6 +62,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--decode-threads", type=_positive(int),
                       default=ServerConfig.decode_threads,
                       help="images decoded at once (each up to --max-pixels); more wait")
+  parser.add_argument("--max-pending-requests", type=_positive(int),
+                      default=ServerConfig.max_pending_requests,
+                      help="predict requests in progress at once (each holds up to "
+                           "--max-body-bytes); more are answered 429 Too Many Requests")
   parser.add_argument("--read-timeout-seconds", type=_positive(float),
                       default=ServerConfig.read_timeout_seconds,
                       help="time a client has to send a request's head, and then its body")
@@ -87,6 +91,7 @@ def serve_main(args: argparse.Namespace) -> None:
       max_instances=args.max_instances, max_body_bytes=args.max_body_bytes,
       max_pixels=args.max_pixels, poll_seconds=args.poll_seconds,
       decode_threads=args.decode_threads, read_timeout_seconds=args.read_timeout_seconds,
+      max_pending_requests=args.max_pending_requests,
       allowed_hosts=args.allowed_hosts or ServerConfig.allowed_hosts + _host_names(args.host))
   try:
     server.run(config, args.host, args.port)

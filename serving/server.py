@@ -90,12 +90,25 @@ def create_app(config: ServerConfig) -> FastAPI:
       raise not_found(f"Could not find version {version} of model {model_name}")
     return JSONResponse(response)
 
+  # Requests holding a body (read, decoded or batched): at most max_pending_requests, so
+  # their memory stays under max_pending_requests x max_body_bytes however many clients come.
+  pending = 0
+
   async def predict(request: Request, model_name: str, version: Optional[str]) -> JSONResponse:
+    nonlocal pending
     model = served_model(model_name, version)
-    body = await _read_body(request, config.max_body_bytes, config.read_timeout_seconds)
-    parsed = await asyncio.get_running_loop().run_in_executor(decoders, functools.partial(
-        protocol.parse_predict_request, body, config.max_instances, config.max_pixels))
-    outcomes = await batcher.predict(model, parsed.images)
+    if pending >= config.max_pending_requests:
+      raise RequestError(HTTPStatus.TOO_MANY_REQUESTS,
+                         f"{pending} requests are in progress, the most this server takes "
+                         "(--max-pending-requests): retry shortly")
+    pending += 1
+    try:
+      body = await _read_body(request, config.max_body_bytes, config.read_timeout_seconds)
+      parsed = await asyncio.get_running_loop().run_in_executor(decoders, functools.partial(
+          protocol.parse_predict_request, body, config.max_instances, config.max_pixels))
+      outcomes = await batcher.predict(model, parsed.images)
+    finally:
+      pending -= 1
     for index, outcome in enumerate(outcomes):
       if isinstance(outcome, RequestError):
         raise outcome.for_image(index)

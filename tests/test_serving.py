@@ -334,6 +334,32 @@ def test_images_are_decoded_off_the_event_loop(url, monkeypatch):
   slow_request.join()
 
 
+def test_requests_beyond_the_pending_limit_are_answered_429(base_path, monkeypatch):
+  """Requests holding a body are bounded: one more than --max-pending-requests gets 429 at
+  once, and a valid request is served when the others are done."""
+  slow_image, started = _image("PNG", 16), threading.Semaphore(0)
+  fast_decode = decode.upright_rgb
+
+  def slow_decode(data, max_pixels):
+    if data == slow_image:
+      started.release()
+      time.sleep(2)
+    return fast_decode(data, max_pixels)
+
+  monkeypatch.setattr(decode, "upright_rgb", slow_decode)
+  with running_server(ServerConfig(base_path, max_pending_requests=2, **LIMITS)) as url:
+    slow_requests = [threading.Thread(target=_served_probabilities, args=(url, slow_image))
+                     for _ in range(2)]
+    for thread in slow_requests:
+      thread.start()
+    assert started.acquire(timeout=30) and started.acquire(timeout=30)
+    answer = httpx.post(url + PREDICT, json=row_request(jpeg(0)))
+    assert answer.status_code == 429 and "--max-pending-requests" in answer.json()["error"]
+    for thread in slow_requests:
+      thread.join()
+    assert_serves(url)
+
+
 def _send_raw(url: str, data: bytes) -> bytes:
   """Sends `data` on a new connection, then reads until the server closes it (10 s at most)."""
   host, port = url.rsplit("/", 1)[-1].split(":")
