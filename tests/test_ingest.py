@@ -390,6 +390,15 @@ def test_csv_mistakes_stop_with_one_line_naming_the_line(tmp_path, content, word
   assert "\n" not in exit_.value.code
 
 
+def test_a_labels_csv_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
+  images = _three_images(tmp_path)
+  labels = tmp_path / "labels.csv"
+  labels.write_text("file,label\n" + "a.jpg,cats\n" * 20)
+  monkeypatch.setattr(sources, "MAX_LABELS_CSV_BYTES", 100)
+  with pytest.raises(sources.IngestError, match="is over 100 bytes"):
+    sources.list_images(str(images), str(labels))
+
+
 # --- TensorFlow Datasets, offline through tfds.testing.mock_data ----------------------------
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bomb
 # is 10-30 MB as JPEG, but 150 MB as BMP or TIFF: raise --max-file-bytes for those.
 DEFAULT_MAX_FILE_BYTES = 64 * 2**20
 DEFAULT_EVAL_PERCENT = 20
+# Read whole into memory: a million rows of long paths is ~200 MB.
+MAX_LABELS_CSV_BYTES = 256 * 2**20
 FILENAME_COLUMNS = ("filename", "file", "image", "id")
 LABEL_COLUMNS = ("label", "class", "category")
 
@@ -293,7 +295,11 @@ def _read_csv(labels_csv) -> List[List[str]]:
   if not filesystem.isfile(labels_csv):
     raise IngestError(f"labels CSV {labels_csv!r} does not exist or is not a file")
   with filesystem.open_file(labels_csv) as f:
-    data = f.read().removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
+    data = f.read(MAX_LABELS_CSV_BYTES + 1)
+  if len(data) > MAX_LABELS_CSV_BYTES:
+    raise IngestError(f"labels CSV {labels_csv!r} is over {MAX_LABELS_CSV_BYTES:,} bytes; a "
+                      "CSV of file names and labels is far smaller: is it the right file?")
+  data = data.removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with one
 
   def line_of(offset):
     return data.count(b"\n", 0, offset) + 1
