@@ -92,28 +92,26 @@ def open_file(path: str, mode: str = "rb") -> Iterator[IO]:
 def walk_files(folder: str) -> Iterator[Tuple[str, int, int]]:
   """(path relative to folder, size, mtime in ns) of every file under folder, in name order,
   symlinks not followed; a file deleted meanwhile is left out."""
-  if not is_remote(folder):
-    for parent, subfolders, names in os.walk(folder):
+  prefix = folder.rstrip("/") + "/"
+  with _os_errors(folder) if is_remote(folder) else contextlib.nullcontext(os) as module:
+    walk = module.walk  # gfile.walk or os.walk: the same (parent, folders, files) triples
+    for parent, subfolders, names in walk(prefix):
       subfolders.sort()
       for name in sorted(names):
         path = os.path.join(parent, name)
         try:
-          status = os.lstat(path)
+          size_bytes, mtime_ns = _status(path)
         except FileNotFoundError:
           continue
-        yield os.path.relpath(path, folder), status.st_size, status.st_mtime_ns
-    return
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel; only for URLs
+        yield path[len(prefix):], size_bytes, mtime_ns
 
-  prefix = folder.rstrip("/") + "/"
-  with _os_errors(folder) as gfile:
-    for parent, subfolders, names in gfile.walk(prefix):
-      subfolders.sort()
-      for name in sorted(names):
-        path = os.path.join(parent, name)
-        try:
-          # A request per file: gfile's listing gives no sizes.
-          status = gfile.stat(path)
-        except tf.errors.NotFoundError:
-          continue
-        yield path[len(prefix):], status.length, status.mtime_nsec
+
+def _status(path: str) -> Tuple[int, int]:
+  """(size, mtime in ns), a symlink's own; a request per file on gs://, whose listing gives
+  no sizes."""
+  if not is_remote(path):
+    status = os.lstat(path)
+    return status.st_size, status.st_mtime_ns
+  with _os_errors(path) as gfile:
+    status = gfile.stat(path)
+    return status.length, status.mtime_nsec

@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Tuple
 
 import httpx
 import keras
@@ -313,30 +314,8 @@ def test_a_gif_is_served_as_its_first_frame_whatever_follows(layout_url, model_p
     assert_serves(layout_url)
 
 
-def test_images_are_decoded_off_the_event_loop(url, monkeypatch):
-  """While one image takes long to decode, other requests are answered."""
-  slow_image, started = _image("PNG", 16), threading.Event()
-  fast_decode = decode.upright_rgb
-
-  def slow_decode(data, max_pixels):
-    if data == slow_image:
-      started.set()
-      time.sleep(2)
-    return fast_decode(data, max_pixels)
-
-  monkeypatch.setattr(decode, "upright_rgb", slow_decode)
-  slow_request = threading.Thread(target=_served_probabilities, args=(url, slow_image))
-  slow_request.start()
-  assert started.wait(30)
-  start = time.monotonic()
-  assert_serves(url)
-  assert time.monotonic() - start < 1.5 and slow_request.is_alive()
-  slow_request.join()
-
-
-def test_requests_beyond_the_pending_limit_are_answered_429(base_path, monkeypatch):
-  """Requests holding a body are bounded: one more than --max-pending-requests gets 429 at
-  once, and a valid request is served when the others are done."""
+def _slow_to_decode(monkeypatch) -> Tuple[bytes, threading.Semaphore]:
+  """An image whose decode takes 2 s, and a semaphore released as each such decode starts."""
   slow_image, started = _image("PNG", 16), threading.Semaphore(0)
   fast_decode = decode.upright_rgb
 
@@ -347,6 +326,25 @@ def test_requests_beyond_the_pending_limit_are_answered_429(base_path, monkeypat
     return fast_decode(data, max_pixels)
 
   monkeypatch.setattr(decode, "upright_rgb", slow_decode)
+  return slow_image, started
+
+
+def test_images_are_decoded_off_the_event_loop(url, monkeypatch):
+  """While one image takes long to decode, other requests are answered."""
+  slow_image, started = _slow_to_decode(monkeypatch)
+  slow_request = threading.Thread(target=_served_probabilities, args=(url, slow_image))
+  slow_request.start()
+  assert started.acquire(timeout=30)
+  start = time.monotonic()
+  assert_serves(url)
+  assert time.monotonic() - start < 1.5 and slow_request.is_alive()
+  slow_request.join()
+
+
+def test_requests_beyond_the_pending_limit_are_answered_429(base_path, monkeypatch):
+  """Requests holding a body are bounded: one more than --max-pending-requests gets 429 at
+  once, and a valid request is served when the others are done."""
+  slow_image, started = _slow_to_decode(monkeypatch)
   with running_server(ServerConfig(base_path, max_pending_requests=2, **LIMITS)) as url:
     slow_requests = [threading.Thread(target=_served_probabilities, args=(url, slow_image))
                      for _ in range(2)]
