@@ -96,9 +96,9 @@ def test_fine_tuning_changes_only_the_top_blocks_and_no_bn_statistic(
   hp = _hparams(weights, backbone=backbone, fine_tune_blocks=1, learning_rate=1e-2,
                 fine_tune_learning_rate=1e-2, fast_fine_tuning=on_cached_activations)
   run = _train(examples, hp, tmp_path)
-  bases = registry.members(_base_of(run.classifier)) or [_base_of(run.classifier)]
-  before_bases = registry.members(registry.build_base(backbone, weights, SIZE)) or \
-      [registry.build_base(backbone, weights, SIZE)]
+  trained, initial = _base_of(run.classifier), registry.build_base(backbone, weights, SIZE)
+  bases = registry.members(trained) or [trained]
+  before_bases = registry.members(initial) or [initial]
   after = {f"{base.name}/{name}": w for base in bases for name, w in _weights_of(base).items()}
   before = {f"{base.name}/{name}": w for base in before_bases
             for name, w in _weights_of(base).items()}

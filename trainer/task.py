@@ -11,7 +11,6 @@ import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import data, export, plots
-from trainer.export import export_classifier
 from trainer.hparams import HParams
 from trainer.strategy import is_chief
 from trainer.train import train
@@ -37,7 +36,7 @@ def run_fn(fn_args: FnArgs) -> None:
   if not is_chief():
     _export_as_worker(run, class_names, fn_args.serving_model_dir)
     return
-  export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
+  export.export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   train_predictions = {"class_names": class_names,
                        "files": data.example_files(fn_args.train_files),
@@ -57,7 +56,7 @@ def _export_as_worker(run, class_names, serving_model_dir) -> None:
   TFX's executor checks on every worker that the model is there."""
   throwaway = tempfile.mkdtemp(prefix="headswap-worker-export-")
   try:
-    export_classifier(run.classifier, class_names, run.image_size, throwaway)
+    export.export_classifier(run.classifier, class_names, run.image_size, throwaway)
   finally:
     tf.io.gfile.rmtree(throwaway)
   deadline = time.time() + CHIEF_EXPORT_TIMEOUT_S
