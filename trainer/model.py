@@ -34,3 +34,11 @@ def compile_for_training(model: keras.Model, learning_rate: float,
   model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                 jit_compile=False, steps_per_execution=steps_per_execution)
+
+
+def restart_optimizer(model: keras.Model, learning_rate: float) -> None:
+  """A compiled model's optimizer as if new (no steps, no moments): what compiling again would
+  give, without throwing away the traced training step (~0.6 s to trace again)."""
+  for variable in model.optimizer.variables:
+    variable.assign(keras.ops.zeros_like(variable))
+  model.optimizer.learning_rate = learning_rate

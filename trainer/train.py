@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import time
+import weakref
 from typing import Dict, List, Optional
 
 import keras
@@ -14,7 +15,7 @@ import tensorflow as tf
 from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
-from trainer.model import build_classifier, build_head, compile_for_training
+from trainer.model import build_classifier, build_head, compile_for_training, restart_optimizer
 from trainer.strategy import distribution_strategy, is_chief, task_name, worker_count
 
 log = logging.getLogger("headswap")
@@ -148,7 +149,7 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
               eval_examples: tf.data.Dataset, hp: HParams, batch_size: int, epochs: int,
               initial_epoch: int = 0, augment: bool = False, stop_early: bool = True,
               strategy: Optional[tf.distribute.Strategy] = None, run_dir: Optional[str] = None,
-              backup_dir: Optional[str] = None) -> Dict[str, List[float]]:
+              backup_dir: Optional[str] = None, restart: bool = False) -> Dict[str, List[float]]:
   """Trains `model` on (inputs, label) examples (images, or cached outputs of the frozen part
   below it) and returns the per-epoch metrics, val_loss and val_accuracy on the eval examples
   among them. `stop_early`: stops when val_loss has not improved for hp.patience epochs and
@@ -157,14 +158,19 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
 
   `augment` applies hp.augmentations (image inputs only); under `strategy` the model was
   built in its scope and each replica gets batch_size / replicas examples per step.
+  `restart`: the model was fitted by this same call before with its weights since reset (a
+  Tuner's next fold): its optimizer starts over, and its traced steps are kept.
   """
   distributed = strategy is not None
   strategy = strategy or tf.distribute.get_strategy()
   with strategy.scope():
-    # Several steps per call make a head's tiny steps 2x faster; Keras 3.12 cannot run them
-    # on a distributed iterator (an unfed placeholder), so distributed fits take one.
-    compile_for_training(model, learning_rate,
-                         STEPS_PER_EXECUTION if not distributed else 1)
+    if restart:
+      restart_optimizer(model, learning_rate)
+    else:
+      # Several steps per call make a head's tiny steps 2x faster; Keras 3.12 cannot run them
+      # on a distributed iterator (an unfed placeholder), so distributed fits take one.
+      compile_for_training(model, learning_rate,
+                           STEPS_PER_EXECUTION if not distributed else 1)
   batches = data.training_batches(train_examples, batch_size, hp.seed,
                                   hp.augmentations if augment else ())
   callbacks = [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size))]
@@ -188,13 +194,23 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
   def __init__(self, batches: tf.data.Dataset):
     super().__init__()
     self._batches = batches
-    self._predict = None
 
   def on_epoch_end(self, epoch, logs=None):
-    if self._predict is None:
-      self._predict = tf.function(lambda inputs: self.model(inputs, training=False))
-    probabilities, labels = feature_cache.collect(self._predict, self._batches)
+    probabilities, labels = feature_cache.collect(_inference_function(self.model), self._batches)
     logs.update(validation_metrics(probabilities, labels))
+
+
+# One traced inference function per model, whatever the batch size: a Tuner trial fits one
+# head once per fold.
+_inference_functions = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model: keras.Model):
+  if model not in _inference_functions:
+    _inference_functions[model] = tf.function(
+        lambda inputs: model(inputs, training=False),
+        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+  return _inference_functions[model]
 
 
 def validation_metrics(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, float]:

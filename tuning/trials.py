@@ -39,6 +39,7 @@ class Splits:
 
   def __init__(self, train_files, eval_files, hp: HParams, space: SearchSpace, cache_dir: str):
     self.base = registry.build_base(hp.backbone, hp.weights, hp.image_size or None)
+    self.base_weights = self.base.get_weights()  # what each depth trial starts from
     image_size = self.base.input_shape[1]
     self.images = tuple(data.decoded_images(files, image_size)
                         for files in (train_files, eval_files))
@@ -101,15 +102,18 @@ class _HeadTuner(keras_tuner.Tuner):
     features, labels = train_outputs
     images = len(labels) // values.cached_views
     fold_of = np.random.default_rng(values.seed).permutation(images) % self._folds
+    head = self.hypermodel.build(trial.hyperparameters)
+    initial_weights = head.get_weights()
     curves = []
     for fold in range(self._folds):
       held = fold_of == fold
       trained = np.tile(~held, values.cached_views)
-      head = self.hypermodel.build(trial.hyperparameters)
+      head.set_weights(initial_weights)  # one head for every fold: traced once
       curves.append(fit_phase(head, values.learning_rate,
                               data.examples_of(features[trained], labels[trained]),
                               data.examples_of(features[:images][held], labels[:images][held]),
-                              values, values.feature_batch_size, epochs, stop_early=False))
+                              values, values.feature_batch_size, epochs, stop_early=False,
+                              restart=fold > 0))
     accuracy, loss = (np.mean([curve[name] for curve in curves], axis=0)
                       for name in ("val_accuracy", OBJECTIVE))
     best = int(np.lexsort((loss, -accuracy))[0])
@@ -181,18 +185,24 @@ class TransferTuner(keras_tuner.Tuner):
     head_copy = keras.models.clone_model(head)
     head_copy.set_weights(head.get_weights())
     base_hp = self._base_hp
-    base = registry.build_base(base_hp.backbone, base_hp.weights, base_hp.image_size or None)
-    registry.unfreeze_top_blocks(base, blocks)
+    # The base the cache was computed with, unfrozen at the top, then put back as it was.
+    base = self._splits.base
     if base_hp.fast_fine_tuning:
       train_data, eval_data = (data.examples_of(*outputs)
                                for outputs in self._splits.outputs.activations(blocks))
-      classifier = build_classifier(registry.split_at_top_blocks(base, blocks)[1], head_copy)
     else:
       train_data, eval_data = self._splits.images
-      classifier = build_classifier(base, head_copy)
-    history = fit_phase(classifier, hp.get("fine_tune_learning_rate"), train_data, eval_data,
-                        base_hp, base_hp.batch_size, self._space.depth_epochs,
-                        augment=not base_hp.fast_fine_tuning)
+    registry.unfreeze_top_blocks(base, blocks)
+    try:
+      classifier = build_classifier(
+          registry.split_at_top_blocks(base, blocks)[1] if base_hp.fast_fine_tuning else base,
+          head_copy)
+      history = fit_phase(classifier, hp.get("fine_tune_learning_rate"), train_data, eval_data,
+                          base_hp, base_hp.batch_size, self._space.depth_epochs,
+                          augment=not base_hp.fast_fine_tuning)
+    finally:
+      base.trainable = False
+      base.set_weights(self._splits.base_weights)
     return {**_best_epoch(history, started), FROZEN_OBJECTIVE: frozen_loss}
 
   def get_best_hyperparameters(self, num_trials=1):
