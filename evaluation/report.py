@@ -22,6 +22,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
 
 from components import features  # pylint: disable=wrong-import-position
+from components.filesystem import read_json  # pylint: disable=wrong-import-position
 from evaluation.metrics import classification_report  # pylint: disable=wrong-import-position
 from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
 
@@ -51,7 +52,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   """Writes the report from the newest artifacts of a run; returns index.html's path."""
   tf.io.gfile.makedirs(folder)  # here and below gfile: folder may be gs://
   examples = artifacts["ImageExampleGen.examples"]
-  ingest = _read_json(os.path.join(examples, features.REPORT_FILE))
+  ingest = read_json(os.path.join(examples, features.REPORT_FILE))
   sections = [("Data", _ingest_html(ingest) + _anomalies_html(artifacts))]
   tuning = _read_text(os.path.join(artifacts.get("Tuner.tuner_results", ""),
                                    "tuning_summary.txt"))
@@ -116,7 +117,7 @@ def _training_html(model_run, folder):
   if tf.io.gfile.exists(curves):
     tf.io.gfile.copy(curves, os.path.join(folder, CURVES_FILE), overwrite=True)
     parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
-  summary = _read_json(os.path.join(model_run, SUMMARY_FILE))
+  summary = read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
     parts.append(_phases_html(summary))
     parts.append(f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
@@ -164,7 +165,7 @@ def _held_out_html(classifier, examples, split, folder):
 
 def _mislabel_html(model_run, examples, folder):
   from trainer.task import TRAIN_PREDICTIONS_FILE  # pylint: disable=import-outside-toplevel
-  predictions = _read_json(os.path.join(model_run, TRAIN_PREDICTIONS_FILE))
+  predictions = read_json(os.path.join(model_run, TRAIN_PREDICTIONS_FILE))
   if not predictions:
     return "<p>The Trainer wrote no predictions on the training images.</p>"
   class_names, labels = predictions["class_names"], predictions["labels"]
@@ -259,11 +260,6 @@ def _save_png(figure, path, dpi):
   with tf.io.gfile.GFile(path, "wb") as f:
     figure.savefig(f, format="png", dpi=dpi)
   plt.close(figure)
-
-
-def _read_json(path) -> Optional[Any]:
-  text = _read_text(path)
-  return json.loads(text) if text else None
 
 
 def _read_text(path) -> Optional[str]:

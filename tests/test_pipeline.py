@@ -40,7 +40,7 @@ def good_run(tmp_path_factory):
   output = str(root / "output")
   cli.main(["run", "--data", str(data), "--output", output, *TINY, "--epochs", "10",
             "--max-trials", "4", "--depth-trials", "2", "--accuracy-threshold", "0.7"])
-  return str(data), output, local_runner.latest_artifacts(local_runner.metadata_path(output))
+  return str(data), output, local_runner.last_run_artifacts(local_runner.metadata_path(output))
 
 
 def _versions(output):
@@ -121,7 +121,7 @@ def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run,
             # A high learning rate: early stopping on the (correct) eval split would otherwise
             # keep the barely trained first epoch, which a random head may get right.
             "--learning-rate", "0.1", "--accuracy-threshold", "0"])
-  artifacts = local_runner.latest_artifacts(local_runner.metadata_path(output))
+  artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
   assert _eval_files(artifacts["ImageExampleGen.examples"]) == held_out
   assert not _blessed(artifacts)
   assert _versions(output) == served_before
@@ -206,3 +206,33 @@ def test_anomalies_stop_the_run_before_training_unless_allowed(tmp_path):
 
   cli.main(["ingest", "--data", str(data), "--output", output, "--allow-anomalies"])  # no exit
   assert node_states(output)["AnomaliesGate"] == ["FAILED"]  # not part of this run
+
+
+# Random weights at 32 px: a cheap run whose numbers are still TFMA's to report.
+CHEAP = ["--backbone", "efficientnet_lite0", "--weights", "none", "--image-size", "32",
+         "--batch-size", "8", "--epochs", "1", "--fine-tune-epochs", "1", "--augment", "",
+         "--accuracy-threshold", "0"]
+
+
+@pytest.fixture(scope="module")
+def tuned_then_untuned(tmp_path_factory):
+  """A tuned run, then a --no-tune run into the same output: each run's report, as text."""
+  root = tmp_path_factory.mktemp("rerun")
+  data, output = root / "data", str(root / "output")
+  write_class_folders(str(data / "train"), per_class=8, seed=7)
+  write_class_folders(str(data / "test"), per_class=3, seed=8)
+  reports = []
+  for tuning in (["--max-trials", "1", "--depth-trials", "1"], ["--no-tune"]):
+    cli.main(["run", "--data", str(data), "--output", output, *CHEAP, *tuning])
+    with open(os.path.join(output, "report", "index.html")) as f:
+      reports.append(f.read())
+  return output, reports
+
+
+def test_report_shows_this_run_only(tuned_then_untuned):
+  output, (tuned, untuned) = tuned_then_untuned
+  assert "<h2>Tuning</h2>" in tuned
+  assert "<h2>Tuning</h2>" not in untuned
+  artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
+  assert not any(key.startswith("Tuner.") for key in artifacts)
+  assert "ImageExampleGen.examples" in artifacts  # cached in this run, still its output
