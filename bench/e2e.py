@@ -17,7 +17,6 @@ Numbers from a machine shared with other work are inflated: quote them with the 
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -31,19 +30,13 @@ TARGETS = {"test_accuracy": 0.993, "wall_ratio_vs_seed": 0.5, "peak_memory_gib":
 
 def test_metrics(evaluation_uri, class_names):
   """Accuracy, example count and per-class precision/recall/F1 from TFMA's output."""
-  import tensorflow_model_analysis as tfma
+  from evaluation.tfma_results import candidate_results
 
-  overall = next(m for m in tfma.load_metrics(evaluation_uri) if not m.slice_key.single_slice_keys)
-  result = {"per_class": {name: {} for name in class_names}}
-  for entry in overall.metric_keys_and_values:
-    value = entry.value.double_value.value
-    value = None if math.isnan(value) else round(value, 4)  # NaN: a class never predicted
-    if entry.key.sub_key.HasField("class_id"):
-      result["per_class"][class_names[entry.key.sub_key.class_id.value]][entry.key.name] = value
-    else:
-      result[entry.key.name] = value
-  return {"test_accuracy": result.pop("sparse_categorical_accuracy", None),
-          "test_examples": round(result.pop("example_count", 0) or 0), **result}
+  results = candidate_results(evaluation_uri, class_names)
+  return {"test_accuracy": round(results["accuracy"], 4), "test_examples": results["examples"],
+          "per_class": {name: {metric: None if value is None else round(value, 4)
+                               for metric, value in metrics.items()}
+                        for name, metrics in results["per_class"].items()}}
 
 
 def headswap_results(output, run: Measured):

@@ -23,8 +23,8 @@ from PIL import Image  # pylint: disable=wrong-import-position
 
 from components import features  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
-from evaluation.metrics import classification_report  # pylint: disable=wrong-import-position
 from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
+from evaluation.tfma_results import candidate_results  # pylint: disable=wrong-import-position
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -63,10 +63,13 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
     sections.append(("Training", _training_html(model_run, folder)))
   model = artifacts.get("Trainer.model")
   if model:
+    # The eval split also steered early stopping and tuning: a test split, if any, is reported.
+    held_out, evaluator = ((features.TEST, "TestEvaluator") if features.TEST in ingest["counts"]
+                           else (features.EVAL, "Evaluator"))
+    results = candidate_results(artifacts[f"{evaluator}.evaluation"], ingest["class_names"])
     classifier = Classifier(os.path.join(model, "Format-Serving"))
-    held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
     sections.append((f"Results on the {held_out} split",
-                     _held_out_html(classifier, examples, held_out, folder)))
+                     _held_out_html(results, classifier, examples, held_out, folder)))
     sections.append(("Suspected mislabels in the training images",
                      _mislabel_html(model_run, examples, folder)))
   if "Evaluator.blessing" in artifacts:
@@ -137,16 +140,19 @@ def _phases_html(summary):
           f"<th></th></tr>{cells}</table>")
 
 
-def _held_out_html(classifier, examples, split, folder):
+def _held_out_html(results, classifier, examples, split, folder):
+  """TFMA's numbers, and the images the model was most sure of and wrong about."""
+  confusion = results["confusion"]
+  _confusion_png(confusion, classifier.class_names, os.path.join(folder, "confusion_matrix.png"))
+  rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number(m.get('precision'))}</td>"
+                 f"<td>{_number(m.get('recall'))}</td><td>{_number(m.get('f1_score'))}</td>"
+                 f"<td>{support}</td></tr>"
+                 for (name, m), support in zip(results["per_class"].items(), confusion.sum(1)))
+  # TFMA keeps no per-image output: predicting the split again is the one way to find them.
   columns = read_split(examples, split)
   probabilities = classifier.probabilities(columns[features.IMAGE])
   labels = np.array(columns[features.LABEL], dtype=int)
   predicted = probabilities.argmax(axis=-1)
-  report = classification_report(labels, predicted, classifier.class_names)
-  _confusion_png(report, os.path.join(folder, "confusion_matrix.png"))
-  rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{m['precision']:.3f}</td>"
-                 f"<td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
-                 for name, m in report["per_class"].items())
   wrong = np.flatnonzero(predicted != labels)
   wrong = wrong[np.argsort(-probabilities[wrong].max(axis=-1))][:GRID_SIZE]
   captions = [f"{columns[features.FILENAME][i].decode()}\ntrue {classifier.class_names[labels[i]]}"
@@ -154,7 +160,9 @@ def _held_out_html(classifier, examples, split, folder):
               f"{probabilities[i].max():.2f}" for i in wrong]
   grid = _grid_png([columns[features.IMAGE][i] for i in wrong], captions,
                    os.path.join(folder, "confidently_wrong.png"))
-  return (f"<p>accuracy {report['accuracy']:.4f} on {report['images']} images</p>"
+  accuracy = results["accuracy"]
+  return (f"<p>accuracy <data class='accuracy' value='{accuracy!r}'>{accuracy:.4f}</data> on "
+          f"{results['examples']} images (as the {split} split's Evaluator measured it)</p>"
           "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
           f"<th>support</th></tr>{rows}</table>"
           "<h3>Confusion matrix</h3><img src='confusion_matrix.png' alt='confusion matrix'>"
@@ -222,9 +230,7 @@ def _gate_html(artifacts, num_classes):
           + (f"<p>Failed:</p><ul>{items}</ul>" if items else "<p>Every threshold was met.</p>"))
 
 
-def _confusion_png(report, path):
-  matrix = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
-  names = report["confusion_matrix"]["labels"]
+def _confusion_png(matrix, names, path):
   figure, axis = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2))
   axis.imshow(matrix, cmap="Blues")
   axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
@@ -254,6 +260,10 @@ def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Op
     axis.set_title(caption, fontsize=8)
   _save_png(figure, path, dpi=80)
   return path
+
+
+def _number(value):
+  return "-" if value is None else f"{value:.3f}"  # None: a class never predicted
 
 
 def _save_png(figure, path, dpi):

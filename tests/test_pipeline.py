@@ -8,6 +8,7 @@ real EfficientNet-Lite0 ImageNet weights (so a one-epoch head can separate the c
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
@@ -23,7 +25,8 @@ from tfx.types import standard_artifacts
 from evaluation.predict import Classifier
 from evaluation.report import read_split
 from pipeline import cli, local_runner
-from pipeline.baseline import ACCURACY, BestBlessedModelStrategy, evaluated_accuracies
+from evaluation.tfma_results import ACCURACY
+from pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
 from pipeline.pipeline import PipelineConfig
 from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
 
@@ -236,3 +239,20 @@ def test_report_shows_this_run_only(tuned_then_untuned):
   artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
   assert not any(key.startswith("Tuner.") for key in artifacts)
   assert "ImageExampleGen.examples" in artifacts  # cached in this run, still its output
+
+
+def test_report_metrics_are_tfmas(tuned_then_untuned):
+  output, (_, report) = tuned_then_untuned
+  artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
+  overall, = [m for m in tfma.load_metrics(artifacts["TestEvaluator.evaluation"])
+              if not m.slice_key.single_slice_keys]
+  values = {(e.key.name, e.key.sub_key.class_id.value if e.key.sub_key.HasField("class_id")
+             else None): e.value.double_value.value for e in overall.metric_keys_and_values}
+  accuracy, = re.findall(r"<data class='accuracy' value='([^']+)'>", report)
+  assert float(accuracy) == values[ACCURACY, None]  # exactly: the report computes none itself
+  assert f"on {round(values['example_count', None])} images" in report
+  shown = {name: [values[metric, class_id] for metric in ("precision", "recall", "f1_score")]
+           for class_id, name in enumerate(sorted(CLASS_COLOURS))}
+  for name, numbers in shown.items():  # NaN: a class never predicted has no precision
+    cells = "".join(f"<td>{'-' if math.isnan(n) else f'{n:.3f}'}</td>" for n in numbers)
+    assert f"<td>{name}</td>{cells}" in report
