@@ -23,7 +23,7 @@ from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tfx.types import standard_artifacts
 
 from evaluation.predict import Classifier
-from evaluation.report import read_split
+from evaluation.report import natural_key, read_split
 from pipeline import cli, local_runner
 from evaluation.tfma_results import ACCURACY
 from pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
@@ -254,5 +254,10 @@ def test_report_metrics_are_tfmas(tuned_then_untuned):
   shown = {name: [values[metric, class_id] for metric in ("precision", "recall", "f1_score")]
            for class_id, name in enumerate(sorted(CLASS_COLOURS))}
   for name, numbers in shown.items():  # NaN: a class never predicted has no precision
-    cells = "".join(f"<td>{'-' if math.isnan(n) else f'{n:.3f}'}</td>" for n in numbers)
+    cells = "".join("<td>-</td>" if math.isnan(n) else f"<td class='n'>{n:.3f}</td>"
+                    for n in numbers)
     assert f"<td>{name}</td>{cells}" in report
+
+
+def test_report_sorts_class_names_as_a_person_does():
+  assert sorted(["c10", "c2", "C1", "c1b"], key=natural_key) == ["C1", "c1b", "c2", "c10"]
