@@ -17,7 +17,6 @@ Numbers from a machine shared with other work are inflated: quote them with the 
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -29,70 +28,27 @@ SEED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seed_bas
 TARGETS = {"test_accuracy": 0.993, "wall_ratio_vs_seed": 0.5, "peak_memory_gib": 6.0}
 
 
-def metadata_store(output):
-  from ml_metadata.metadata_store import metadata_store as mlmd
-  from ml_metadata.proto import metadata_store_pb2
-
-  config = metadata_store_pb2.ConnectionConfig()
-  config.sqlite.filename_uri = os.path.join(output, "metadata.sqlite")
-  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-  return mlmd.MetadataStore(config)
-
-
-def executions_since(store, started_ms):
-  """[(node id, execution)] of the executions that began after started_ms, in start order."""
-  node_type = store.get_context_type("node").id
-  found = []
-  for execution in store.get_executions():
-    if execution.create_time_since_epoch < started_ms:
-      continue
-    nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
-             if c.type_id == node_type]
-    found.append((nodes[0].split(".")[-1], execution))  # "<pipeline>.<node id>"
-  return sorted(found, key=lambda pair: pair[1].create_time_since_epoch)
-
-
-def outputs_of(store, executions):
-  """{"<node id>.<output key>": artifact} written by those executions."""
-  node_of = {execution.id: node for node, execution in executions}
-  events = [e for e in store.get_events_by_execution_ids(list(node_of))
-            if e.type == e.OUTPUT]
-  artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-  return {f"{node_of[e.execution_id]}.{e.path.steps[0].key}": artifacts[e.artifact_id]
-          for e in events}
-
-
 def test_metrics(evaluation_uri, class_names):
   """Accuracy, example count and per-class precision/recall/F1 from TFMA's output."""
-  import tensorflow_model_analysis as tfma
+  from evaluation.tfma_results import candidate_results
 
-  overall = next(m for m in tfma.load_metrics(evaluation_uri) if not m.slice_key.single_slice_keys)
-  result = {"per_class": {name: {} for name in class_names}}
-  for entry in overall.metric_keys_and_values:
-    value = entry.value.double_value.value
-    value = None if math.isnan(value) else round(value, 4)  # NaN: a class never predicted
-    if entry.key.sub_key.HasField("class_id"):
-      result["per_class"][class_names[entry.key.sub_key.class_id.value]][entry.key.name] = value
-    else:
-      result[entry.key.name] = value
-  return {"test_accuracy": result.pop("sparse_categorical_accuracy", None),
-          "test_examples": round(result.pop("example_count", 0) or 0), **result}
-
-
-def read_json(path):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  results = candidate_results(evaluation_uri, class_names)
+  return {"test_accuracy": round(results["accuracy"], 4), "test_examples": results["examples"],
+          "per_class": {name: {metric: None if value is None else round(value, 4)
+                               for metric, value in metrics.items()}
+                        for name, metrics in results["per_class"].items()}}
 
 
 def headswap_results(output, run: Measured):
   """What the run did, read back from its metadata and artifacts."""
-  store = metadata_store(output)
-  executions = executions_since(store, int(run.started * 1000))
+  from components.filesystem import read_json
+  from pipeline import local_runner
+
+  store = local_runner.open_store(local_runner.metadata_path(output), read_only=True)
+  executions = local_runner.last_run_executions(store)
   if not executions:
     return {"error": "no executions recorded in this run"}
-  artifacts = outputs_of(store, executions)
+  artifacts = local_runner.outputs_of(store, executions)
   components = {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000,
                             1) for node, e in executions}
   first = executions[0][1].create_time_since_epoch / 1000

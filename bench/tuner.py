@@ -32,7 +32,7 @@ def examples_folder(args) -> str:
   if not os.path.exists(local_runner.metadata_path(args.ingest_output)):
     subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "--data", args.data,
                     "--output", args.ingest_output], check=True)
-  return local_runner.latest_artifacts(
+  return local_runner.last_run_artifacts(
       local_runner.metadata_path(args.ingest_output))["ImageExampleGen.examples"]
 
 

@@ -8,8 +8,9 @@ callers handle one kind of failure for both.
 """
 
 import contextlib
+import json
 import os
-from typing import IO, Iterator, List, Tuple
+from typing import IO, Any, Iterator, List, Optional, Tuple
 
 
 def is_remote(path: str) -> bool:
@@ -87,6 +88,14 @@ def open_file(path: str, mode: str = "rb") -> Iterator[IO]:
     return
   with _os_errors(path) as gfile, gfile.GFile(path, mode) as f:
     yield f
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON file at path, parsed; None if there is none (many outputs are optional)."""
+  if not exists(path):
+    return None
+  with open_file(path, "r") as f:
+    return json.load(f)
 
 
 def walk_files(folder: str) -> Iterator[Tuple[str, int, int]]:

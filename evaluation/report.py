@@ -9,9 +9,9 @@ baseline, its verdict with its reasons.
 
 import html
 import io
-import json
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -22,11 +22,15 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
 
 from components import features  # pylint: disable=wrong-import-position
-from evaluation.metrics import classification_report  # pylint: disable=wrong-import-position
+from components.filesystem import read_json  # pylint: disable=wrong-import-position
 from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
+from evaluation.tfma_results import candidate_results  # pylint: disable=wrong-import-position
 
 GRID_SIZE = 16
 THUMBNAIL = 128
+MOST_CONFUSED = 15  # pairs listed under the confusion matrix, from 3 classes
+CELL_NUMBERS = 20  # classes up to which each matrix cell shows its count
+TICK_LABELS = 50  # ... and up to which the axes name each class
 
 
 def read_split(examples_uri: str, split: str) -> Dict[str, list]:
@@ -51,21 +55,23 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   """Writes the report from the newest artifacts of a run; returns index.html's path."""
   tf.io.gfile.makedirs(folder)  # here and below gfile: folder may be gs://
   examples = artifacts["ImageExampleGen.examples"]
-  ingest = _read_json(os.path.join(examples, features.REPORT_FILE))
+  ingest = read_json(os.path.join(examples, features.REPORT_FILE))
   sections = [("Data", _ingest_html(ingest) + _anomalies_html(artifacts))]
-  tuning = _read_text(os.path.join(artifacts.get("Tuner.tuner_results", ""),
-                                   "tuning_summary.txt"))
-  if tuning:
-    sections.append(("Tuning", f"<pre>{html.escape(tuning)}</pre>"))
+  if "Tuner.tuner_results" in artifacts:
+    tuning = read_json(os.path.join(artifacts["Tuner.tuner_results"], "tuning_summary.json"))
+    sections.append(("Tuning", _tuning_html(tuning)))
   model_run = artifacts.get("Trainer.model_run")
   if model_run:
     sections.append(("Training", _training_html(model_run, folder)))
   model = artifacts.get("Trainer.model")
   if model:
+    # The eval split also steered early stopping and tuning: a test split, if any, is reported.
+    held_out, evaluator = ((features.TEST, "TestEvaluator") if features.TEST in ingest["counts"]
+                           else (features.EVAL, "Evaluator"))
+    results = candidate_results(artifacts[f"{evaluator}.evaluation"], ingest["class_names"])
     classifier = Classifier(os.path.join(model, "Format-Serving"))
-    held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
     sections.append((f"Results on the {held_out} split",
-                     _held_out_html(classifier, examples, held_out, folder)))
+                     _held_out_html(results, classifier, examples, held_out, folder)))
     sections.append(("Suspected mislabels in the training images",
                      _mislabel_html(model_run, examples, folder)))
   if "Evaluator.blessing" in artifacts:
@@ -74,7 +80,10 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   with tf.io.gfile.GFile(path, "w") as f:
     f.write("<!doctype html><html><head><meta charset='utf-8'><title>headswap report</title>"
             "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+            "table{border-collapse:collapse;margin:0.5em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+            "td.n{text-align:right;font-variant-numeric:tabular-nums}"
+            "img{max-width:100%}.wide{overflow-x:auto}"
             "</style></head><body><h1>headswap report</h1>")
     for title, body in sections:
       f.write(f"<h2>{html.escape(title)}</h2>{body}")
@@ -83,17 +92,17 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
 
 
 def _ingest_html(ingest):
-  rows = "".join(
-      f"<tr><td>{html.escape(split)}</td>" + "".join(f"<td>{count}</td>" for count in
-                                                     per_class.values()) + "</tr>"
-      for split, per_class in sorted(ingest["counts"].items()))
-  header = "".join(f"<th>{html.escape(name)}</th>" for name in ingest["class_names"])
+  splits = sorted(ingest["counts"])
+  header = "".join(f"<th>{html.escape(split)}</th>" for split in splits)
+  rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
+      f"<td class='n'>{ingest['counts'][split].get(name, 0)}</td>" for split in splits) + "</tr>"
+      for name in sorted(ingest["class_names"], key=natural_key))
   skipped = "".join(f"<li>{html.escape(item['file'])}: {html.escape(item['reason'])}</li>"
                     for item in ingest["skipped"])
   return (f"<p>{ingest['examples']} examples, {len(ingest['class_names'])} classes, "
           f"{len(ingest['skipped'])} files skipped, "
           f"{len(ingest['duplicates_across_splits'])} exact duplicates across splits.</p>"
-          f"<table><tr><th>split</th>{header}</tr>{rows}</table>"
+          f"<table><tr><th>class</th>{header}</tr>{rows}</table>"
           + (f"<details><summary>skipped files</summary><ul>{skipped}</ul></details>"
              if skipped else ""))
 
@@ -116,11 +125,54 @@ def _training_html(model_run, folder):
   if tf.io.gfile.exists(curves):
     tf.io.gfile.copy(curves, os.path.join(folder, CURVES_FILE), overwrite=True)
     parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
-  summary = _read_json(os.path.join(model_run, SUMMARY_FILE))
+  summary = read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
     parts.append(_phases_html(summary))
-    parts.append(f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
+    settings = {"replicas": summary["replicas"], "global_batch_size": summary["global_batch_size"],
+                **summary["hparams"]}
+    parts.append("<h3>Settings</h3>" + _table(["setting", "value"], settings.items()))
   return "".join(parts)
+
+
+def _tuning_html(summary):
+  """Each stage's trials, best first, one column per hyperparameter; then the verdict."""
+  parts = []
+  for stage, content in summary["stages"].items():
+    trials = content["trials"]
+    names = sorted({name for trial in trials for name in trial["hyperparameters"]})
+    # Heads are ranked by accuracy, depths by loss: the summary names each stage's objective.
+    maximize = "accuracy" in summary["objective"][stage]
+    ranked = sorted(trials, key=lambda t: (t["score"] is None,
+                                           -(t["score"] or 0) if maximize else t["score"] or 0))
+    rows = [[t["trial"], t["worker"] or "", _number(t["val_loss"], 4),
+             _number(t["val_accuracy"], 4), _number(t["epochs"], 0), _number(t["seconds"], 1),
+             *[t["hyperparameters"].get(name, "") for name in names],
+             "" if t["status"] == "COMPLETED" else t["status"]] for t in ranked]
+    parts.append(f"<h3>{html.escape(stage)}: {len(trials)} trials in {content['seconds']} s, "
+                 f"ranked by {html.escape(summary['objective'][stage])}</h3>"
+                 + _table(["trial", "worker", "val_loss", "val_accuracy", "epochs", "seconds",
+                           *names, "status"], rows))
+  paid_off = summary["fine_tuning_paid_off"]
+  parts.append(f"<p>Fine-tuning {'paid off' if paid_off else 'did not pay off'}. "
+               "The Trainer got:</p>"
+               + _table(["hyperparameter", "value"], summary["best_hyperparameters"].items()))
+  return "".join(parts)
+
+
+def _table(header, rows):
+  """An HTML table, numbers right-aligned; a wide one scrolls instead of running off the page."""
+  head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+  body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>" for row in rows)
+  return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _cell(value):
+  if isinstance(value, float):
+    value = f"{value:.4g}"
+  text = html.escape(str(value))
+  numeric = not isinstance(value, bool) and re.fullmatch(r"-?[\d.]+(e-?\d+)?%?", str(value))
+  return f"<td class='n'>{text}</td>" if numeric else f"<td>{text}</td>"
+
 
 
 def _phases_html(summary):
@@ -136,16 +188,20 @@ def _phases_html(summary):
           f"<th></th></tr>{cells}</table>")
 
 
-def _held_out_html(classifier, examples, split, folder):
+def _held_out_html(results, classifier, examples, split, folder):
+  """TFMA's numbers, and the images the model was most sure of and wrong about."""
+  names = classifier.class_names
+  order = sorted(range(len(names)), key=lambda i: natural_key(names[i]))
+  confusion = results["confusion"]
+  rows = [[names[i], *[_number(results["per_class"][names[i]].get(metric), 3)
+                       for metric in ("precision", "recall", "f1_score")],
+           int(confusion[i].sum())] for i in order]
+  matrix_html = _confusion_html(confusion, names, order, folder)
+  # TFMA keeps no per-image output: predicting the split again is the one way to find them.
   columns = read_split(examples, split)
   probabilities = classifier.probabilities(columns[features.IMAGE])
   labels = np.array(columns[features.LABEL], dtype=int)
   predicted = probabilities.argmax(axis=-1)
-  report = classification_report(labels, predicted, classifier.class_names)
-  _confusion_png(report, os.path.join(folder, "confusion_matrix.png"))
-  rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{m['precision']:.3f}</td>"
-                 f"<td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
-                 for name, m in report["per_class"].items())
   wrong = np.flatnonzero(predicted != labels)
   wrong = wrong[np.argsort(-probabilities[wrong].max(axis=-1))][:GRID_SIZE]
   captions = [f"{columns[features.FILENAME][i].decode()}\ntrue {classifier.class_names[labels[i]]}"
@@ -153,18 +209,19 @@ def _held_out_html(classifier, examples, split, folder):
               f"{probabilities[i].max():.2f}" for i in wrong]
   grid = _grid_png([columns[features.IMAGE][i] for i in wrong], captions,
                    os.path.join(folder, "confidently_wrong.png"))
-  return (f"<p>accuracy {report['accuracy']:.4f} on {report['images']} images</p>"
-          "<table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th>"
-          f"<th>support</th></tr>{rows}</table>"
-          "<h3>Confusion matrix</h3><img src='confusion_matrix.png' alt='confusion matrix'>"
-          "<h3>Most confidently wrong</h3>"
+  accuracy = results["accuracy"]
+  return (f"<p>accuracy <data class='accuracy' value='{accuracy!r}'>{accuracy:.4f}</data> on "
+          f"{results['examples']} images (as the {split} split's Evaluator measured it)</p>"
+          + _table(["class", "precision", "recall", "f1", "images"], rows)
+          + "<h3>Confusion matrix</h3>" + matrix_html
+          + "<h3>Most confidently wrong</h3>"
           + ("<img src='confidently_wrong.png' alt='wrong predictions'>" if grid
              else "<p>No wrong predictions.</p>"))
 
 
 def _mislabel_html(model_run, examples, folder):
   from trainer.task import TRAIN_PREDICTIONS_FILE  # pylint: disable=import-outside-toplevel
-  predictions = _read_json(os.path.join(model_run, TRAIN_PREDICTIONS_FILE))
+  predictions = read_json(os.path.join(model_run, TRAIN_PREDICTIONS_FILE))
   if not predictions:
     return "<p>The Trainer wrote no predictions on the training images.</p>"
   class_names, labels = predictions["class_names"], predictions["labels"]
@@ -221,20 +278,47 @@ def _gate_html(artifacts, num_classes):
           + (f"<p>Failed:</p><ul>{items}</ul>" if items else "<p>Every threshold was met.</p>"))
 
 
-def _confusion_png(report, path):
-  matrix = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
-  names = report["confusion_matrix"]["labels"]
-  figure, axis = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2))
-  axis.imshow(matrix, cmap="Blues")
-  axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
-  axis.set_yticks(range(len(names)), names)
+def _confusion_html(confusion, names, order, folder):
+  """The matrix as an image in natural class order; from 3 classes, the most-confused pairs."""
+  matrix = confusion[np.ix_(order, order)]
+  _confusion_png(matrix, [names[i] for i in order], os.path.join(folder, "confusion_matrix.png"))
+  parts = ["<img src='confusion_matrix.png' alt='confusion matrix'>"]
+  if len(names) > 2:
+    mistakes = [(count, true, predicted) for (true, predicted), count in np.ndenumerate(confusion)
+                if true != predicted and count]
+    top = sorted(mistakes, key=lambda m: (-m[0], natural_key(names[m[1]])))[:MOST_CONFUSED]
+    rows = [[names[true], names[predicted], int(count),
+             f"{count / confusion[true].sum():.0%}"] for count, true, predicted in top]
+    parts.append("<h3>Most confused</h3>" + (
+        _table(["true class", "predicted as", "images", "of the true class"], rows)
+        if rows else "<p>No mistakes.</p>"))
+  return "".join(parts)
+
+
+def _confusion_png(matrix, names, path):
+  """Colour is the share of each true class, so rare classes show as clearly as common ones."""
+  count = len(names)
+  side = min(3 + 0.45 * count, 12)
+  figure, axis = plt.subplots(figsize=(side + 1, side), layout="constrained")
+  shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+  image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+  figure.colorbar(image, ax=axis, shrink=0.6, label="share of the true class")
+  if count <= TICK_LABELS:
+    size = 10 if count <= CELL_NUMBERS else 6
+    axis.set_xticks(range(count), names, rotation=90, fontsize=size)
+    axis.set_yticks(range(count), names, fontsize=size)
+  else:
+    axis.set_xticks([])
+    axis.set_yticks([])
   axis.set_xlabel("predicted")
   axis.set_ylabel("true")
-  for (row, column), value in np.ndenumerate(matrix):
-    axis.text(column, row, str(value), ha="center", va="center",
-              color="white" if value > matrix.max() / 2 else "black")
-  figure.tight_layout()
-  _save_png(figure, path, dpi=100)
+  if count <= CELL_NUMBERS:
+    for (row, column), value in np.ndenumerate(matrix):
+      if not value:
+        continue  # blank zeros let the mistakes stand out
+      axis.text(column, row, str(value), ha="center", va="center",
+                color="white" if shares[row, column] > 0.5 else "black")
+  _save_png(figure, path, dpi=80)
 
 
 def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Optional[str]:
@@ -255,19 +339,16 @@ def _grid_png(encoded_images: List[bytes], captions: List[str], path: str) -> Op
   return path
 
 
+def _number(value, digits):
+  return "-" if value is None else f"{value:.{digits}f}"  # None: a class never predicted
+
+
+def natural_key(name: str):
+  """Sorts class names as a person does: c2 before c10."""
+  return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
 def _save_png(figure, path, dpi):
   with tf.io.gfile.GFile(path, "wb") as f:
     figure.savefig(f, format="png", dpi=dpi)
   plt.close(figure)
-
-
-def _read_json(path) -> Optional[Any]:
-  text = _read_text(path)
-  return json.loads(text) if text else None
-
-
-def _read_text(path) -> Optional[str]:
-  if not path or not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return f.read()

@@ -6,26 +6,21 @@ the one before it, and the drops add up run after run; against the best, they ca
 
 from typing import Dict, List, Optional
 
-import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import types
 from tfx.components.evaluator import constants
 from tfx.dsl.components.common import resolver
 
-ACCURACY = "sparse_categorical_accuracy"  # the gated metric (pipeline.eval_config)
+from evaluation.tfma_results import ACCURACY, overall_metrics
 
 
 def evaluated_accuracies(evaluation_uri: str) -> Dict[str, float]:
   """{"candidate": accuracy, "baseline": accuracy if there was one} as the Evaluator measured
-  them; a model evaluated alone is unnamed in TFMA's output."""
-  accuracies = {}
-  for metrics in tfma.load_metrics(evaluation_uri):
-    if not metrics.slice_key.single_slice_keys:
-      accuracies.update({entry.key.model_name or "candidate": entry.value.double_value.value
-                         for entry in metrics.metric_keys_and_values
-                         if entry.key.name == ACCURACY and not entry.key.is_diff})
-  return accuracies
+  them."""
+  return {model: values[ACCURACY, None]
+          for model, values in overall_metrics(evaluation_uri).items()
+          if (ACCURACY, None) in values}
 
 
 class BestBlessedModelStrategy(resolver.ResolverStrategy):

@@ -119,13 +119,13 @@ def _run_pipeline(args, stages):
     from trainer.strategy import configure_cpu_devices
     configure_cpu_devices(cpu_replicas)  # before anything initialises TensorFlow
   metadata_file = _metadata_file(args)  # before the slow imports and listing the data
-  from components import features
+  from components import features, filesystem
   from components.image_example_gen.executor import summarize
   from pipeline import local_runner
 
   artifacts = local_runner.run(_config(args, stages), metadata_file, args.beam_args.split())
   examples = artifacts["ImageExampleGen.examples"]
-  print(summarize(local_runner.read_json(os.path.join(examples, features.REPORT_FILE))))
+  print(summarize(filesystem.read_json(os.path.join(examples, features.REPORT_FILE))))
   print(f"examples: {examples}")
   return artifacts
 

@@ -1,11 +1,10 @@
 """Runs the pipeline on this machine with TFX's LocalDagRunner and SQLite metadata."""
 
-import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
@@ -19,28 +18,62 @@ def metadata_path(output: str) -> str:
 
 def run(config: PipelineConfig, metadata_file: str,
         beam_pipeline_args: Optional[List[str]] = None) -> Dict[str, str]:
-  """Runs the pipeline; returns the newest artifact URI of each component output.
+  """Runs the pipeline; returns last_run_artifacts: the URIs this run wrote or reused.
 
   metadata_file is ML Metadata's SQLite file, which must be on this machine.
   """
   connection = metadata.sqlite_metadata_connection_config(metadata_file)
   LocalDagRunner().run(
       create_pipeline(config, connection, beam_pipeline_args))
-  return latest_artifacts(metadata_file)
+  return last_run_artifacts(metadata_file)
 
 
-def latest_artifacts(metadata_file: str) -> Dict[str, str]:
-  """{"<Component>.<output key>": uri} of the newest artifacts, read back from the metadata."""
+def last_run_artifacts(metadata_file: str) -> Dict[str, str]:
+  """{"<node id>.<output key>": uri} of the newest pipeline run in the metadata.
+
+  Only that run's: a node it skipped (--no-tune's Tuner) has no entry, even when an earlier run
+  into the same output wrote one.
+  """
+  store = open_store(metadata_file)
+  return {key: artifact.uri for key, artifact in
+          outputs_of(store, last_run_executions(store)).items()}
+
+
+def open_store(metadata_file: str, read_only: bool = False) -> metadata_store.MetadataStore:
   connection = metadata.sqlite_metadata_connection_config(metadata_file)
-  store = metadata_store.MetadataStore(connection)
-  uris = {}
-  for artifact in sorted(store.get_artifacts(), key=lambda a: a.id):
-    # TFX lays artifacts out as <pipeline root>/<component>/<output key>/<execution id>.
-    component, output_key = artifact.uri.rstrip("/").split("/")[-3:-1]
-    uris[f"{component}.{output_key}"] = artifact.uri
-  return uris
+  if read_only:  # a benchmark reads the store of a run it did not start
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  return metadata_store.MetadataStore(connection)
 
 
-def read_json(path: str):
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+NodeExecution = Tuple[str, metadata_store_pb2.Execution]
+
+
+def last_run_executions(store: metadata_store.MetadataStore) -> List[NodeExecution]:
+  """[(node id, execution)] of the newest pipeline run, in start order.
+
+  TFX puts every execution of a run, cached ones too, in that run's "pipeline_run" context.
+  """
+  runs = store.get_contexts_by_type("pipeline_run")
+  if not runs:
+    return []
+  newest = max(runs, key=lambda context: (context.create_time_since_epoch, context.id))
+  node_type = store.get_context_type("node").id
+  found = []
+  for execution in store.get_executions_by_context(newest.id):
+    node, = [context.name for context in store.get_contexts_by_execution(execution.id)
+             if context.type_id == node_type]
+    found.append((node.split(".")[-1], execution))  # "<pipeline>.<node id>"
+  return sorted(found, key=lambda pair: (pair[1].create_time_since_epoch, pair[1].id))
+
+
+def outputs_of(store: metadata_store.MetadataStore,
+               executions: List[NodeExecution]) -> Dict[str, metadata_store_pb2.Artifact]:
+  """{"<node id>.<output key>": artifact} the executions output (their OUTPUT events)."""
+  node_of = {execution.id: node for node, execution in executions}
+  events = [event for event in store.get_events_by_execution_ids(list(node_of))
+            if event.type == metadata_store_pb2.Event.OUTPUT]
+  artifacts = {artifact.id: artifact
+               for artifact in store.get_artifacts_by_id([e.artifact_id for e in events])}
+  return {f"{node_of[event.execution_id]}.{event.path.steps[0].key}": artifacts[event.artifact_id]
+          for event in events}

@@ -192,7 +192,13 @@ def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -config.max_accuracy_drop})))
-  per_class = ["Precision", "Recall", "F1Score"] + (["AUC"] if config.num_classes == 2 else [])
+  # top_k 1: an image counts for its most probable class, as in the accuracy and the confusion
+  # matrix; at TFMA's default 0.5 threshold an image whose best class scores below it (common
+  # with many classes) would count for none.
+  per_class = [tfma.MetricConfig(class_name=name, config='"top_k": 1')
+               for name in ("Precision", "Recall", "F1Score")]
+  if config.num_classes == 2:
+    per_class.append(tfma.MetricConfig(class_name="AUC"))
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(signature_name="from_examples", label_key=features.LABEL,
                                   prediction_key="probabilities")],
@@ -201,7 +207,7 @@ def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
                                     tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")]),
           tfma.MetricsSpec(binarize=tfma.BinarizationOptions(
               class_ids={"values": list(range(config.num_classes))}),
-              metrics=[tfma.MetricConfig(class_name=name) for name in per_class]),
+              metrics=per_class),
       ],
       slicing_specs=[tfma.SlicingSpec()])
 

@@ -2,7 +2,6 @@
 
 import glob
 import io
-import json
 import os
 import struct
 import zlib
@@ -146,12 +145,7 @@ def run_ingest(data, output, *flags) -> dict:
   from pipeline import cli, local_runner
 
   cli.main(["ingest", "--data", str(data), "--output", str(output), *flags])
-  return local_runner.latest_artifacts(local_runner.metadata_path(str(output)))
-
-
-def read_json(path):
-  with open(path) as f:
-    return json.load(f)
+  return local_runner.last_run_artifacts(local_runner.metadata_path(str(output)))
 
 
 def read_examples(examples_uri) -> dict:

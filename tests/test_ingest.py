@@ -15,10 +15,11 @@ import pytest
 import tensorflow as tf
 
 from components import features
+from components.filesystem import read_json
 from components.image_example_gen import component, decode, executor, sources
 from pipeline import cli
 from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
-                            make_image, node_states, prepare_mock_tfds, read_examples, read_json,
+                            make_image, node_states, prepare_mock_tfds, read_examples,
                             run_ingest, write_bad_files, write_class_folders, write_formats)
 
 INGEST_NODES = ["ImageExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"]

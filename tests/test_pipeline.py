@@ -8,6 +8,7 @@ real EfficientNet-Lite0 ImageNet weights (so a one-epoch head can separate the c
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -15,15 +16,17 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tfx.types import standard_artifacts
 
 from evaluation.predict import Classifier
-from evaluation.report import read_split
+from evaluation.report import natural_key, read_split
 from pipeline import cli, local_runner
-from pipeline.baseline import ACCURACY, BestBlessedModelStrategy, evaluated_accuracies
+from evaluation.tfma_results import ACCURACY
+from pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
 from pipeline.pipeline import PipelineConfig
 from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
 
@@ -40,7 +43,7 @@ def good_run(tmp_path_factory):
   output = str(root / "output")
   cli.main(["run", "--data", str(data), "--output", output, *TINY, "--epochs", "10",
             "--max-trials", "4", "--depth-trials", "2", "--accuracy-threshold", "0.7"])
-  return str(data), output, local_runner.latest_artifacts(local_runner.metadata_path(output))
+  return str(data), output, local_runner.last_run_artifacts(local_runner.metadata_path(output))
 
 
 def _versions(output):
@@ -121,7 +124,7 @@ def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run,
             # A high learning rate: early stopping on the (correct) eval split would otherwise
             # keep the barely trained first epoch, which a random head may get right.
             "--learning-rate", "0.1", "--accuracy-threshold", "0"])
-  artifacts = local_runner.latest_artifacts(local_runner.metadata_path(output))
+  artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
   assert _eval_files(artifacts["ImageExampleGen.examples"]) == held_out
   assert not _blessed(artifacts)
   assert _versions(output) == served_before
@@ -206,3 +209,55 @@ def test_anomalies_stop_the_run_before_training_unless_allowed(tmp_path):
 
   cli.main(["ingest", "--data", str(data), "--output", output, "--allow-anomalies"])  # no exit
   assert node_states(output)["AnomaliesGate"] == ["FAILED"]  # not part of this run
+
+
+# Random weights at 32 px: a cheap run whose numbers are still TFMA's to report.
+CHEAP = ["--backbone", "efficientnet_lite0", "--weights", "none", "--image-size", "32",
+         "--batch-size", "8", "--epochs", "1", "--fine-tune-epochs", "1", "--augment", "",
+         "--accuracy-threshold", "0"]
+
+
+@pytest.fixture(scope="module")
+def tuned_then_untuned(tmp_path_factory):
+  """A tuned run, then a --no-tune run into the same output: each run's report, as text."""
+  root = tmp_path_factory.mktemp("rerun")
+  data, output = root / "data", str(root / "output")
+  write_class_folders(str(data / "train"), per_class=8, seed=7)
+  write_class_folders(str(data / "test"), per_class=3, seed=8)
+  reports = []
+  for tuning in (["--max-trials", "1", "--depth-trials", "1"], ["--no-tune"]):
+    cli.main(["run", "--data", str(data), "--output", output, *CHEAP, *tuning])
+    with open(os.path.join(output, "report", "index.html")) as f:
+      reports.append(f.read())
+  return output, reports
+
+
+def test_report_shows_this_run_only(tuned_then_untuned):
+  output, (tuned, untuned) = tuned_then_untuned
+  assert "<h2>Tuning</h2>" in tuned
+  assert "<h2>Tuning</h2>" not in untuned
+  artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
+  assert not any(key.startswith("Tuner.") for key in artifacts)
+  assert "ImageExampleGen.examples" in artifacts  # cached in this run, still its output
+
+
+def test_report_metrics_are_tfmas(tuned_then_untuned):
+  output, (_, report) = tuned_then_untuned
+  artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
+  overall, = [m for m in tfma.load_metrics(artifacts["TestEvaluator.evaluation"])
+              if not m.slice_key.single_slice_keys]
+  values = {(e.key.name, e.key.sub_key.class_id.value if e.key.sub_key.HasField("class_id")
+             else None): e.value.double_value.value for e in overall.metric_keys_and_values}
+  accuracy, = re.findall(r"<data class='accuracy' value='([^']+)'>", report)
+  assert float(accuracy) == values[ACCURACY, None]  # exactly: the report computes none itself
+  assert f"on {round(values['example_count', None])} images" in report
+  shown = {name: [values[metric, class_id] for metric in ("precision", "recall", "f1_score")]
+           for class_id, name in enumerate(sorted(CLASS_COLOURS))}
+  for name, numbers in shown.items():  # NaN: a class never predicted has no precision
+    cells = "".join("<td>-</td>" if math.isnan(n) else f"<td class='n'>{n:.3f}</td>"
+                    for n in numbers)
+    assert f"<td>{name}</td>{cells}" in report
+
+
+def test_report_sorts_class_names_as_a_person_does():
+  assert sorted(["c10", "c2", "C1", "c1b"], key=natural_key) == ["C1", "c1b", "c2", "c10"]

@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
+from components.filesystem import read_json
 from pipeline import cli
-from tests.conftest import read_json, write_class_folders
+from tests.conftest import write_class_folders
 from tests.examples import write_examples
 from tuning.space import SearchSpace
 
