@@ -4,6 +4,10 @@
   GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs, plus class names
   POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs"
   GET  /monitoring/prometheus/metrics               batches and images, to see batching
+  GET  --health-route (/health)                      the served version's status
+  POST --predict-route, if given                     :predict of the served version
+
+Vertex AI's AIP_* variables set the port, the model and the last two routes (serving/cli.py).
 """
 
 import asyncio
@@ -113,6 +117,16 @@ def create_app(config: ServerConfig) -> FastAPI:
       if isinstance(outcome, RequestError):
         raise outcome.for_image(index)
     return JSONResponse(protocol.predict_response(outcomes, parsed.columnar))
+
+  # First, so that they win should a Vertex AI route look like one of TF Serving's.
+  @app.get(config.health_route)
+  async def health():
+    return status(name, None)
+
+  if config.predict_route:
+    @app.post(config.predict_route)
+    async def predict_route(request: Request):
+      return await predict(request, name, None)
 
   @app.get("/v1/models/{model_name}")
   async def model_status(model_name: str):

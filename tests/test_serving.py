@@ -9,6 +9,8 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Tuple
@@ -154,6 +156,7 @@ def test_status_and_metadata_as_tf_serving_gives_them(url):
                                          "status": {"error_code": "OK", "error_message": ""}}]}
   assert httpx.get(f"{url}/v1/models/{NAME}").json() == available
   assert httpx.get(f"{url}/v1/models/{NAME}/versions/1").json() == available
+  assert httpx.get(f"{url}/health").json() == available
 
   metadata = httpx.get(f"{url}/v1/models/{NAME}/metadata").json()
   assert metadata["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
@@ -392,10 +395,10 @@ def _served_version(url: str) -> str:
   return httpx.get(f"{url}/v1/models/{NAME}").json()["model_version_status"][0]["version"]
 
 
-def _wait_until(condition, what: str) -> None:
-  deadline = time.monotonic() + 60
+def _wait_until(condition, what: str, seconds: float = 60) -> None:
+  deadline = time.monotonic() + seconds
   while not condition():
-    assert time.monotonic() < deadline, f"{what}: not within 60 s"
+    assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
     time.sleep(0.1)
 
 
@@ -437,6 +440,41 @@ def test_pushed_versions_are_served_without_restart_or_failed_requests(exported,
                       json=row_request(jpeg(0))).status_code == 404
     assert [status["version"] for status in
             httpx.get(f"{url}/v1/models/{NAME}").json()["model_version_status"]] == ["2"]
+
+
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+def test_headswap_serve_in_a_vertex_ai_container(exported):
+  """Only Vertex AI's variables, no flags: its port, its routes, and AIP_STORAGE_URI naming one
+  SavedModel (served as version 1)."""
+  port, routes = _free_port(), "/v1/endpoints/7/deployedModels/8"
+  environment = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": exported,
+                 "AIP_PREDICT_ROUTE": f"{routes}:predict", "AIP_HEALTH_ROUTE": routes}
+  server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve"], env=environment)
+  url = f"http://127.0.0.1:{port}"
+
+  def healthy() -> bool:
+    assert server.poll() is None, "headswap serve exited"
+    try:
+      return httpx.get(url + routes).status_code == 200
+    except httpx.TransportError:  # not listening yet
+      return False
+
+  try:
+    _wait_until(healthy, "healthy", seconds=180)  # importing TensorFlow on a busy machine
+    (status,) = httpx.get(url + routes).json()["model_version_status"]
+    assert status["version"] == "1" and status["state"] == "AVAILABLE"
+    vertex_request = {"instances": [{"images": b64(jpeg(0))}], "parameters": {}}
+    response = httpx.post(f"{url}{routes}:predict", json=vertex_request)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["class_name"] in CLASSES
+  finally:
+    server.terminate()
+    server.wait(60)
 
 
 def test_predict_prints_top_k_from_a_saved_model_and_from_the_server(url, base_path, tmp_path,
