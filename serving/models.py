@@ -41,8 +41,7 @@ class LoadedModel:
     self._saved_model = tf.saved_model.load(path)  # owns the variables the signature reads
     self._serve = self._saved_model.signatures[export.SERVING_SIGNATURE]
     with filesystem.open_file(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
-      self.metadata = json.load(f)
-    self.class_names: List[str] = self.metadata["class_names"]
+      self.class_names: List[str] = json.load(f)["class_names"]
     self.signature_defs = _signature_defs(path)
     self._check_contract()
 

@@ -107,9 +107,13 @@ def _version_status(version: int, state: str, error_code: str, error_message: st
           "status": {"error_code": error_code, "error_message": error_message}}
 
 
+SIGNATURE_DEF_MAP = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+
+
 def metadata_response(model_name: str, model: LoadedModel) -> Dict:
-  """GetModelMetadataResponse, plus our assets.extra metadata (class names, image size)."""
+  """GetModelMetadataResponse as TF Serving prints it: its metadata map holds protobuf Any
+  values, hence the "@type"."""
   return {"model_spec": {"name": model_name, "signature_name": "",
                          "version": str(model.version)},
-          "metadata": {"signature_def": {"signature_def": model.signature_defs},
-                       "headswap": model.metadata}}
+          "metadata": {"signature_def": {"@type": SIGNATURE_DEF_MAP,
+                                         "signature_def": model.signature_defs}}}

@@ -1,7 +1,7 @@
 """`headswap serve`: TF Serving's REST API over a folder of pushed versions, on FastAPI.
 
   GET  /v1/models/<name>[/versions/<v>]             version status
-  GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs, plus class names
+  GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs
   POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs"
   GET  /monitoring/prometheus/metrics               batches and images, to see batching
   GET  --health-route (/health)                      the served version's status

@@ -160,10 +160,15 @@ def test_status_and_metadata_as_tf_serving_gives_them(url):
 
   metadata = httpx.get(f"{url}/v1/models/{NAME}/metadata").json()
   assert metadata["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
-  serving_default = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+  assert list(metadata["metadata"]) == ["signature_def"]  # nothing TF Serving would not give
+  signature_map = metadata["metadata"]["signature_def"]
+  assert set(signature_map) == {"@type", "signature_def"}
+  assert signature_map["@type"] == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+  assert {"serving_default", "from_examples"} <= set(signature_map["signature_def"])
+  serving_default = signature_map["signature_def"]["serving_default"]
+  assert serving_default["method_name"] == "tensorflow/serving/predict"
   assert serving_default["inputs"]["images"]["dtype"] == "DT_STRING"
   assert set(serving_default["outputs"]) == {"probabilities", "class_index", "class_name"}
-  assert metadata["metadata"]["headswap"] == {"class_names": CLASSES, "image_size": SIZE}
   assert httpx.get(f"{url}/v1/models/{NAME}/versions/1/metadata").json() == metadata
 
 
