@@ -3,6 +3,8 @@
   GET  /v1/models/<name>[/versions/<v>]             version status
   GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs
   POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs"
+  POST /v1/models/<name>[/versions/<v>]:classify    {"examples": [{"image": {"b64": ...}}]}
+                                                    (:regress: 400, as there is no regressor)
   GET  /monitoring/prometheus/metrics               batches and images, to see batching
   GET  --health-route (/health)                      the served version's status
   POST --predict-route, if given                     :predict of the served version
@@ -98,9 +100,12 @@ def create_app(config: ServerConfig) -> FastAPI:
   # their memory stays under max_pending_requests x max_body_bytes however many clients come.
   pending = 0
 
-  async def predict(request: Request, model_name: str, version: Optional[str]) -> JSONResponse:
+  async def answer(request: Request, model_name: str, version: Optional[str],
+                   method: str) -> JSONResponse:
+    """:predict or :classify."""
     nonlocal pending
     model = served_model(model_name, version)
+    protocol.check_method(method)
     if pending >= config.max_pending_requests:
       raise RequestError(HTTPStatus.TOO_MANY_REQUESTS,
                          f"{pending} requests are in progress, the most this server takes "
@@ -109,14 +114,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     try:
       body = await _read_body(request, config.max_body_bytes, config.read_timeout_seconds)
       parsed = await asyncio.get_running_loop().run_in_executor(decoders, functools.partial(
-          protocol.parse_predict_request, body, config.max_instances, config.max_pixels))
+          protocol.parse_request, method, body, config.max_instances, config.max_pixels))
       outcomes = await batcher.predict(model, parsed.images)
     finally:
       pending -= 1
     for index, outcome in enumerate(outcomes):
       if isinstance(outcome, RequestError):
         raise outcome.for_image(index)
-    return JSONResponse(protocol.predict_response(outcomes, parsed.columnar))
+    return JSONResponse(protocol.response(parsed, outcomes, model.class_names))
 
   # First, so that they win should a Vertex AI route look like one of TF Serving's.
   @app.get(config.health_route)
@@ -126,7 +131,7 @@ def create_app(config: ServerConfig) -> FastAPI:
   if config.predict_route:
     @app.post(config.predict_route)
     async def predict_route(request: Request):
-      return await predict(request, name, None)
+      return await answer(request, name, None, "predict")
 
   @app.get("/v1/models/{model_name}")
   async def model_status(model_name: str):
@@ -144,13 +149,13 @@ def create_app(config: ServerConfig) -> FastAPI:
   async def version_metadata(model_name: str, version: str):
     return JSONResponse(protocol.metadata_response(name, served_model(model_name, version)))
 
-  @app.post("/v1/models/{model_name}:predict")
-  async def predict_latest(model_name: str, request: Request):
-    return await predict(request, model_name, None)
+  @app.post("/v1/models/{model_name}:{method}")
+  async def answer_latest(model_name: str, method: str, request: Request):
+    return await answer(request, model_name, None, method)
 
-  @app.post("/v1/models/{model_name}/versions/{version}:predict")
-  async def predict_version(model_name: str, version: str, request: Request):
-    return await predict(request, model_name, version)
+  @app.post("/v1/models/{model_name}/versions/{version}:{method}")
+  async def answer_version(model_name: str, version: str, method: str, request: Request):
+    return await answer(request, model_name, version, method)
 
   @app.get("/monitoring/prometheus/metrics", response_class=PlainTextResponse)
   async def metrics():

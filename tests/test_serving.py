@@ -172,10 +172,15 @@ def test_status_and_metadata_as_tf_serving_gives_them(url):
   assert httpx.get(f"{url}/v1/models/{NAME}/versions/1/metadata").json() == metadata
 
 
-def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_path):
-  images = [jpeg(seed) for seed in range(3)]  # upright RGB JPEGs: served byte for byte
-  expected = tf.saved_model.load(os.path.join(base_path, "1")).signatures["serving_default"](
+def saved_model_outputs(base_path: str, images) -> dict:
+  """Version 1's own answer: upright RGB JPEGs are served byte for byte."""
+  return tf.saved_model.load(os.path.join(base_path, "1")).signatures["serving_default"](
       images=tf.constant(images))
+
+
+def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_path):
+  images = [jpeg(seed) for seed in range(3)]
+  expected = saved_model_outputs(base_path, images)
   predict = f"{url}/v1/models/{NAME}:predict"
 
   rows = [{"b64": b64(images[0])["b64"]}, {"images": b64(images[1])}, b64(images[2])]
@@ -195,12 +200,48 @@ def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_
     assert outputs["class_name"] == [name.decode() for name in expected["class_name"].numpy()]
 
 
+def test_classify_and_regress_answer_as_tf_serving_documents_them(url, base_path):
+  """https://www.tensorflow.org/tfx/serving/api_rest. Its classification request, under
+  "Encoding binary values" (our model's signature is the default one, so no signature_name):
+      {"signature_name": "classify_objects",
+       "examples": [{"image": { "b64": "aW1hZ2UgYnl0ZXM=" }, "caption": "seaside"},
+                    {"image": { "b64": "YXdlc29tZSBpbWFnZSBieXRlcw==" }, "caption": "mountains"}]}
+  and the Classify response, under "Response format":
+      {"result": [
+          // List of class label/score pairs for first Example (in request)
+          [ [<label1>, <score1>], [<label2>, <score2>], ... ],
+          ... ]}
+  """
+  images = [jpeg(4), jpeg(5)]
+  expected = saved_model_outputs(base_path, images)["probabilities"].numpy()
+  request = {"examples": [{"image": b64(images[0]), "caption": "seaside"},
+                          {"image": [b64(images[1])], "caption": "mountains"}]}  # value or list
+  response = httpx.post(f"{url}/v1/models/{NAME}:classify", json=request)
+  assert response.status_code == 200, response.text
+  result = response.json()
+  assert list(result) == ["result"] and len(result["result"]) == 2
+  for pairs, probabilities in zip(result["result"], expected):
+    assert [label for label, _ in pairs] == CLASSES
+    np.testing.assert_allclose([score for _, score in pairs], probabilities, rtol=1e-5,
+                               atol=1e-6)
+  # "context": features shared by all examples.
+  shared = {"context": {"image": b64(images[0])}, "examples": [{"caption": "seaside"}]}
+  response = httpx.post(f"{url}/v1/models/{NAME}/versions/1:classify", json=shared)
+  assert response.json()["result"] == result["result"][:1]
+
+  # The page's regress call, on a model with no regression signature: a clear 400.
+  regress = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}]}
+  response = httpx.post(f"{url}/v1/models/{NAME}:regress", json=regress)
+  assert response.status_code == 400 and ":classify" in response.json()["error"]
+
+
 def _image(image_format: str, size: int = 64, frames: int = 1) -> bytes:
   images = [make_image((90, 90, 90), seed, size) for seed in range(frames)]
   return encode(images[0], image_format, save_all=True, append_images=images[1:])
 
 
 PREDICT = f"/v1/models/{NAME}:predict"
+CLASSIFY = f"/v1/models/{NAME}:classify"
 HUGE_VERSION = "9" * 5000  # int() of it raises in Python 3.10
 BAD_REQUESTS = {  # (path, body, status, words of the error[, headers over JSON_HEADERS])
     "invalid JSON": (PREDICT, b"{not json", 400, "invalid JSON"),
@@ -217,6 +258,17 @@ BAD_REQUESTS = {  # (path, body, status, words of the error[, headers over JSON_
     "too many instances": (PREDICT, json.dumps(row_request(*[jpeg(0)] * 5)), 413,
                            "--max-instances"),
     "body over the limit": (PREDICT, b" " * 100_001, 413, "--max-body-bytes"),
+    "classify without examples": (CLASSIFY, json.dumps(row_request(jpeg(0))), 400,
+                                  '"examples" must be a list'),
+    "an example without an image": (CLASSIFY, json.dumps({"examples": [{"caption": "x"}]}),
+                                    400, 'example 0 has no "image" feature'),
+    "two images in an example": (CLASSIFY, json.dumps({"examples": [
+        {"image": [b64(jpeg(0))] * 2}]}), 400, 'example 0 has 2 "image" values'),
+    "a feature in context and example": (CLASSIFY, json.dumps({
+        "context": {"image": b64(jpeg(0))}, "examples": [{"image": b64(jpeg(0))}]}), 400,
+        "repeats the context's features ['image']"),
+    "an unknown method": (f"/v1/models/{NAME}:explain", json.dumps(row_request(jpeg(0))), 404,
+                          "no method :explain"),
     "unknown signature": (PREDICT, json.dumps({"signature_name": "x", "instances": []}), 400,
                           "signature_name"),
     "a long name echoed": (PREDICT, json.dumps({"signature_name": "x" * 60_000}), 400,
