@@ -4,7 +4,9 @@ a command runs, so `headswap --help` stays instant."""
 import argparse
 import ipaddress
 import os
+import re
 import sys
+from typing import Dict
 
 from serving.config import ServerConfig
 
@@ -40,6 +42,18 @@ def _route(text: str) -> str:
   return text
 
 
+def parse_version_labels(text: str) -> Dict[str, int]:
+  """{"stable": 2, "canary": 3} of "stable=2,canary=3"."""
+  labels = {}
+  for pair in text.split(","):
+    label, _, version = pair.strip().partition("=")
+    if not (re.fullmatch(r"[A-Za-z0-9_.-]+", label) and re.fullmatch(r"[0-9]{1,18}", version)):
+      raise argparse.ArgumentTypeError(f"expected LABEL=VERSION pairs such as stable=2, got "
+                                       f"{pair.strip()!r}")
+    labels[label] = int(version)
+  return labels
+
+
 def _host_names(text: str):
   """("localhost", "::1") of "LocalHost,[::1]": as the server compares Host headers."""
   return tuple(name.strip().strip("[]").lower() for name in text.split(","))
@@ -70,6 +84,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       default=os.environ.get(VERTEX_PREDICT_ROUTE) or None,
                       help="POST: a second URL for the served model's :predict, such as "
                            f"Vertex AI's (default: ${VERTEX_PREDICT_ROUTE} if set)")
+  parser.add_argument("--version-labels", type=parse_version_labels, default={},
+                      help="LABEL=VERSION pairs, e.g. stable=2,canary=3: /labels/stable in a URL "
+                           "means /versions/2, as TF Serving's version_labels (only the served, "
+                           "newest, version answers; others get 404)")
   parser.add_argument("--max-batch-size", type=_positive(int),
                       default=ServerConfig.max_batch_size,
                       help="most images in one model call, from all concurrent requests")
@@ -115,7 +133,7 @@ def serve_main(args: argparse.Namespace) -> None:
       max_pixels=args.max_pixels, poll_seconds=args.poll_seconds,
       decode_threads=args.decode_threads, read_timeout_seconds=args.read_timeout_seconds,
       max_pending_requests=args.max_pending_requests, health_route=args.health_route,
-      predict_route=args.predict_route,
+      predict_route=args.predict_route, version_labels=args.version_labels,
       allowed_hosts=args.allowed_hosts or ServerConfig.allowed_hosts + _host_names(args.host))
   try:
     server.run(config, args.host, args.port)

@@ -2,7 +2,7 @@
 
 import dataclasses
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -26,6 +26,8 @@ class ServerConfig:
   # GET: the served version's status, 200 once a model is loaded (load balancers, Vertex AI).
   health_route: str = "/health"
   predict_route: Optional[str] = None  # POST: :predict of the served model, for Vertex AI
+  # /labels/<label> in a URL means /versions/<number>, as TF Serving's version_labels.
+  version_labels: Dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def name(self) -> str:

@@ -5,6 +5,7 @@
   POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs"
   POST /v1/models/<name>[/versions/<v>]:classify    {"examples": [{"image": {"b64": ...}}]}
                                                     (:regress: 400, as there is no regressor)
+  /labels/<label> in place of /versions/<v>         the version --version-labels gives it
   GET  /monitoring/prometheus/metrics               batches and images, to see batching
   GET  --health-route (/health)                      the served version's status
   POST --predict-route, if given                     :predict of the served version
@@ -96,6 +97,12 @@ def create_app(config: ServerConfig) -> FastAPI:
       raise not_found(f"Could not find version {version} of model {model_name}")
     return JSONResponse(response)
 
+  def labelled(label: str) -> str:
+    """The version number a label stands for, as the /versions/<v> routes take it."""
+    if label not in config.version_labels:
+      raise not_found(f"no version is labelled {label!r} (--version-labels)")
+    return str(config.version_labels[label])
+
   # Requests holding a body (read, decoded or batched): at most max_pending_requests, so
   # their memory stays under max_pending_requests x max_body_bytes however many clients come.
   pending = 0
@@ -141,6 +148,10 @@ def create_app(config: ServerConfig) -> FastAPI:
   async def version_status(model_name: str, version: str):
     return status(model_name, version)
 
+  @app.get("/v1/models/{model_name}/labels/{label}")
+  async def label_status(model_name: str, label: str):
+    return status(model_name, labelled(label))
+
   @app.get("/v1/models/{model_name}/metadata")
   async def model_metadata(model_name: str):
     return JSONResponse(protocol.metadata_response(name, served_model(model_name, None)))
@@ -149,6 +160,10 @@ def create_app(config: ServerConfig) -> FastAPI:
   async def version_metadata(model_name: str, version: str):
     return JSONResponse(protocol.metadata_response(name, served_model(model_name, version)))
 
+  @app.get("/v1/models/{model_name}/labels/{label}/metadata")
+  async def label_metadata(model_name: str, label: str):
+    return await version_metadata(model_name, labelled(label))
+
   @app.post("/v1/models/{model_name}:{method}")
   async def answer_latest(model_name: str, method: str, request: Request):
     return await answer(request, model_name, None, method)
@@ -156,6 +171,10 @@ def create_app(config: ServerConfig) -> FastAPI:
   @app.post("/v1/models/{model_name}/versions/{version}:{method}")
   async def answer_version(model_name: str, version: str, method: str, request: Request):
     return await answer(request, model_name, version, method)
+
+  @app.post("/v1/models/{model_name}/labels/{label}:{method}")
+  async def answer_label(model_name: str, label: str, method: str, request: Request):
+    return await answer(request, model_name, labelled(label), method)
 
   @app.get("/monitoring/prometheus/metrics", response_class=PlainTextResponse)
   async def metrics():

@@ -1,5 +1,6 @@
 """The REST server on a real exported model, over real loopback HTTP (uvicorn in a thread)."""
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -110,7 +111,8 @@ def base_path(tmp_path_factory, exported):
 def url(base_path):
   # A long batch timeout, so requests sent together surely meet in one batch.
   with running_server(ServerConfig(base_path, batch_timeout_ms=50, max_batch_size=8,
-                                   read_timeout_seconds=1.0, **LIMITS)) as address:
+                                   read_timeout_seconds=1.0, **LIMITS,
+                                   version_labels={"stable": 1, "canary": 2})) as address:
     yield address
 
 
@@ -233,6 +235,30 @@ def test_classify_and_regress_answer_as_tf_serving_documents_them(url, base_path
   regress = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}]}
   response = httpx.post(f"{url}/v1/models/{NAME}:regress", json=regress)
   assert response.status_code == 400 and ":classify" in response.json()["error"]
+
+
+def test_version_labels_stand_for_their_versions(url):
+  """The fixture labels version 1 stable and version 2, not served, canary."""
+  stable, canary = f"{url}/v1/models/{NAME}/labels/stable", f"{url}/v1/models/{NAME}/labels/canary"
+  assert httpx.get(stable).json() == httpx.get(f"{url}/v1/models/{NAME}/versions/1").json()
+  assert httpx.get(f"{stable}/metadata").json()["model_spec"]["version"] == "1"
+  assert httpx.post(f"{stable}:predict", json=row_request(jpeg(0))).status_code == 200
+  classify = {"examples": [{"image": b64(jpeg(0))}]}
+  assert httpx.post(f"{stable}:classify", json=classify).status_code == 200
+
+  response = httpx.post(f"{canary}:predict", json=row_request(jpeg(0)))
+  assert response.status_code == 404 and "Specific(pets, 2)" in response.json()["error"]
+  assert httpx.get(canary).status_code == 404
+  response = httpx.get(f"{url}/v1/models/{NAME}/labels/nope/metadata")
+  assert response.status_code == 404 and "--version-labels" in response.json()["error"]
+
+
+def test_version_labels_flag():
+  labels = serving_cli.parse_version_labels("stable=2, canary=30")
+  assert labels == {"stable": 2, "canary": 30}
+  for wrong in ("stable", "stable=two", "=2", "a b=1"):
+    with pytest.raises(argparse.ArgumentTypeError, match="LABEL=VERSION"):
+      serving_cli.parse_version_labels(wrong)
 
 
 def _image(image_format: str, size: int = 64, frames: int = 1) -> bytes:
