@@ -3,12 +3,18 @@ a command runs, so `headswap --help` stays instant."""
 
 import argparse
 import ipaddress
+import os
+import re
 import sys
+from typing import Dict
 
 from serving.config import ServerConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501  # TF Serving's REST port
+# What Vertex AI gives a custom serving container; each, when set, is the default of a flag.
+VERTEX_PORT, VERTEX_MODEL = "AIP_HTTP_PORT", "AIP_STORAGE_URI"
+VERTEX_PREDICT_ROUTE, VERTEX_HEALTH_ROUTE = "AIP_PREDICT_ROUTE", "AIP_HEALTH_ROUTE"
 
 
 def register(commands) -> None:
@@ -30,15 +36,36 @@ def _positive(kind):
   return parse
 
 
+def _route(text: str) -> str:
+  if not text.startswith("/"):
+    raise argparse.ArgumentTypeError(f"must be a URL path starting with /, got {text!r}")
+  return text
+
+
+def parse_version_labels(text: str) -> Dict[str, int]:
+  """{"stable": 2, "canary": 3} of "stable=2,canary=3"."""
+  labels = {}
+  for pair in text.split(","):
+    label, _, version = pair.strip().partition("=")
+    if not (re.fullmatch(r"[A-Za-z0-9_.-]+", label) and re.fullmatch(r"[0-9]{1,18}", version)):
+      raise argparse.ArgumentTypeError(f"expected LABEL=VERSION pairs such as stable=2, got "
+                                       f"{pair.strip()!r}")
+    labels[label] = int(version)
+  return labels
+
+
 def _host_names(text: str):
   """("localhost", "::1") of "LocalHost,[::1]": as the server compares Host headers."""
   return tuple(name.strip().strip("[]").lower() for name in text.split(","))
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--model-base-path", required=True,
+  vertex_model = os.environ.get(VERTEX_MODEL)
+  parser.add_argument("--model-base-path", default=vertex_model, required=not vertex_model,
                       help="folder of numbered SavedModel versions, e.g. OUTPUT/serving/<name>; "
-                           "the newest is served and newer pushes replace it without a restart")
+                           "the newest is served and newer pushes replace it without a restart "
+                           "(a SavedModel folder is served as version 1; default: "
+                           f"${VERTEX_MODEL})")
   parser.add_argument("--model-name", default="",
                       help="the name in /v1/models/<name> (default: the base path's last folder)")
   parser.add_argument("--host", default=DEFAULT_HOST,
@@ -46,7 +73,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--allow-remote", action="store_true",
                       help="allow a non-loopback --host: anyone who can reach it can use the "
                            "server, which has no authentication")
-  parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+  parser.add_argument("--port", type=int, default=os.environ.get(VERTEX_PORT) or DEFAULT_PORT,
+                      help=f"default: ${VERTEX_PORT} if set, else {DEFAULT_PORT}")
+  parser.add_argument("--health-route", type=_route,
+                      default=os.environ.get(VERTEX_HEALTH_ROUTE) or ServerConfig.health_route,
+                      help="GET: the served version's status, 200 once a model is loaded "
+                           f"(default: ${VERTEX_HEALTH_ROUTE} if set, else "
+                           f"{ServerConfig.health_route})")
+  parser.add_argument("--predict-route", type=_route,
+                      default=os.environ.get(VERTEX_PREDICT_ROUTE) or None,
+                      help="POST: a second URL for the served model's :predict, such as "
+                           f"Vertex AI's (default: ${VERTEX_PREDICT_ROUTE} if set)")
+  parser.add_argument("--version-labels", type=parse_version_labels, default={},
+                      help="LABEL=VERSION pairs, e.g. stable=2,canary=3: /labels/stable in a URL "
+                           "means /versions/2, as TF Serving's version_labels (only the served, "
+                           "newest, version answers; others get 404)")
   parser.add_argument("--max-batch-size", type=_positive(int),
                       default=ServerConfig.max_batch_size,
                       help="most images in one model call, from all concurrent requests")
@@ -91,7 +132,8 @@ def serve_main(args: argparse.Namespace) -> None:
       max_instances=args.max_instances, max_body_bytes=args.max_body_bytes,
       max_pixels=args.max_pixels, poll_seconds=args.poll_seconds,
       decode_threads=args.decode_threads, read_timeout_seconds=args.read_timeout_seconds,
-      max_pending_requests=args.max_pending_requests,
+      max_pending_requests=args.max_pending_requests, health_route=args.health_route,
+      predict_route=args.predict_route, version_labels=args.version_labels,
       allowed_hosts=args.allowed_hosts or ServerConfig.allowed_hosts + _host_names(args.host))
   try:
     server.run(config, args.host, args.port)

@@ -4,7 +4,7 @@ from a server over TF Serving's REST API."""
 import base64
 import dataclasses
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import httpx
 
@@ -12,20 +12,23 @@ from serving.config import ServerConfig
 from serving.errors import RequestError
 
 MODEL_URL = re.compile(r"(?P<server>.+?)/v1/models/(?P<name>[^/:]+)/?")
+# The signature :predict calls without a signature_name, and its outputs (trainer/export.py)
+# this client reads; literals, as importing export would import TensorFlow.
+DEFAULT_SIGNATURE = "serving_default"
+OUTPUTS_READ = {"probabilities", "class_index", "class_name"}
 
 
 @dataclasses.dataclass
 class ImageResult:
   path: str
   probabilities: Optional[List[float]] = None
-  class_names: Sequence[str] = ()
+  class_names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # by class index
   error: Optional[str] = None
 
   def top(self, k: int):
     """[(class name, probability)] of the k most probable classes."""
     ranked = sorted(enumerate(self.probabilities), key=lambda pair: -pair[1])[:k]
-    return [(self.class_names[i] if i < len(self.class_names) else f"class {i}", p)
-            for i, p in ranked]
+    return [(self.class_names.get(i, f"class {i}"), p) for i, p in ranked]
 
 
 class ServerError(Exception):
@@ -55,7 +58,7 @@ def predict_local(model_path: str, image_paths: Sequence[str],
   model = models.LoadedModel(models.resolve_saved_model(model_path))
   results, readable = [], []
   for path in image_paths:
-    result = ImageResult(path, class_names=model.class_names)
+    result = ImageResult(path, class_names=dict(enumerate(model.class_names)))
     results.append(result)
     try:
       readable.append((result, images.upright_rgb(_read(path), max_pixels)))
@@ -83,9 +86,10 @@ def predict_remote(server_url: str, model_name: str, image_paths: Sequence[str],
 
 def _predict_each(http: httpx.Client, model_name: str,
                   image_paths: Sequence[str]) -> List[ImageResult]:
-  metadata = _answer(http.get(f"/v1/models/{model_name}/metadata"))
-  # Our server names the classes; TF Serving itself has no such metadata.
-  class_names = metadata["metadata"].get("headswap", {}).get("class_names", ())
+  _check_outputs(_answer(http.get(f"/v1/models/{model_name}/metadata")))
+  # The signature names only each image's top class (class_name), and TF Serving has no other
+  # place for names: a class is named once some answer has named it.
+  class_names: Dict[int, str] = {}
   results = []
   for path in image_paths:
     result = ImageResult(path, class_names=class_names)
@@ -97,15 +101,28 @@ def _predict_each(http: httpx.Client, model_name: str,
       continue
     response = http.post(f"/v1/models/{model_name}:predict", json=body)
     if response.status_code == 200:
-      result.probabilities = response.json()["predictions"][0]["probabilities"]
+      (prediction,) = response.json()["predictions"]
+      result.probabilities = prediction["probabilities"]
+      class_names[prediction["class_index"]] = prediction["class_name"]
     else:
       result.error = _error_message(response)
   return results
 
 
+def _check_outputs(metadata: dict) -> None:
+  """Refuses a model whose serving signature is not trainer/export.py's, from TF Serving's
+  metadata, before any image is sent."""
+  signatures = metadata["metadata"]["signature_def"]["signature_def"]
+  outputs = set(signatures.get(DEFAULT_SIGNATURE, {}).get("outputs", {}))
+  if not OUTPUTS_READ <= outputs:
+    raise ServerError(f"the served model's {DEFAULT_SIGNATURE!r} signature lacks the outputs "
+                      f"{sorted(OUTPUTS_READ - outputs)} of a headswap export (it has "
+                      f"{sorted(outputs)})")
+
+
 def print_top_k(results: Sequence[ImageResult], k: int) -> int:
   """Prints each image's top k classes (or its error); returns how many images failed."""
-  width = max((len(name) for r in results for name in r.class_names), default=0)
+  width = max((len(name) for r in results for name in r.class_names.values()), default=0)
   for result in results:
     print(result.path)
     if result.error:

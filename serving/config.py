@@ -2,7 +2,7 @@
 
 import dataclasses
 import os
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -22,7 +22,12 @@ class ServerConfig:
   allowed_hosts: Tuple[str, ...] = LOOPBACK_NAMES
   read_timeout_seconds: float = 30.0  # to send a request's head, and then its body
   decode_threads: int = 2  # images decoded at once, each up to max_pixels: bounds CPU and memory
-  max_pending_requests: int = 32  # predict requests in progress; more are answered 429
+  max_pending_requests: int = 32  # :predict/:classify requests in progress; more get 429
+  # GET: the served version's status, 200 once a model is loaded (load balancers, Vertex AI).
+  health_route: str = "/health"
+  predict_route: Optional[str] = None  # POST: :predict of the served model, for Vertex AI
+  # /labels/<label> in a URL means /versions/<number>, as TF Serving's version_labels.
+  version_labels: Dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def name(self) -> str:

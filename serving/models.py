@@ -41,8 +41,7 @@ class LoadedModel:
     self._saved_model = tf.saved_model.load(path)  # owns the variables the signature reads
     self._serve = self._saved_model.signatures[export.SERVING_SIGNATURE]
     with filesystem.open_file(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
-      self.metadata = json.load(f)
-    self.class_names: List[str] = self.metadata["class_names"]
+      self.class_names: List[str] = json.load(f)["class_names"]
     self.signature_defs = _signature_defs(path)
     self._check_contract()
 
@@ -85,24 +84,26 @@ def _signature_defs(path: str) -> Dict:
           for name, signature in saved_model.meta_graphs[0].signature_def.items()}
 
 
-def list_versions(base_path: str) -> List[int]:
-  """Published version numbers under base_path, oldest first."""
+def version_paths(base_path: str) -> Dict[int, str]:
+  """{version: SavedModel folder} of the published versions under base_path: its numbered
+  folders, or base_path itself as version 1 if it is a SavedModel (what Vertex AI's
+  AIP_STORAGE_URI usually names; TF Serving numbers from 1 too)."""
+  if filesystem.exists(os.path.join(base_path, "saved_model.pb")):
+    return {1: base_path}
   try:
     entries = filesystem.scan(base_path)
   except FileNotFoundError:
-    return []
-  return sorted(int(name) for name, is_folder in entries
-                if is_folder and VERSION_FOLDER.fullmatch(name))
+    return {}
+  return {int(name): os.path.join(base_path, name) for name, is_folder in entries
+          if is_folder and VERSION_FOLDER.fullmatch(name)}
 
 
 def resolve_saved_model(path: str) -> str:
   """`path` itself if it is a SavedModel, else its newest version folder."""
-  if filesystem.exists(os.path.join(path, "saved_model.pb")):
-    return path
-  versions = list_versions(path)
+  versions = version_paths(path)
   if not versions:
     raise FileNotFoundError(f"{path} is neither a SavedModel nor a folder of numbered versions")
-  return os.path.join(path, str(versions[-1]))
+  return versions[max(versions)]
 
 
 class ServedVersions:
@@ -123,13 +124,12 @@ class ServedVersions:
 
   def refresh(self) -> None:
     """Serves the newest version on disk that loads, if it is not served already."""
-    on_disk = list_versions(self.base_path)
+    on_disk = version_paths(self.base_path)
     for gone in set(self.failed) - set(on_disk):
       del self.failed[gone], self._failed_files[gone]
-    for version in reversed(on_disk):
+    for version, path in sorted(on_disk.items(), reverse=True):
       if self.current and version == self.current.version:
         return
-      path = os.path.join(self.base_path, str(version))
       files = _files_of(path)
       if self._failed_files.get(version) == files:
         continue

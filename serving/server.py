@@ -1,9 +1,16 @@
 """`headswap serve`: TF Serving's REST API over a folder of pushed versions, on FastAPI.
 
   GET  /v1/models/<name>[/versions/<v>]             version status
-  GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs, plus class names
+  GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs
   POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs"
+  POST /v1/models/<name>[/versions/<v>]:classify    {"examples": [{"image": {"b64": ...}}]}
+                                                    (:regress: 400, as there is no regressor)
+  /labels/<label> in place of /versions/<v>         the version --version-labels gives it
   GET  /monitoring/prometheus/metrics               batches and images, to see batching
+  GET  --health-route (/health)                      the served version's status
+  POST --predict-route, if given                     :predict of the served version
+
+Vertex AI's AIP_* variables set the port, the model and the last two routes (serving/cli.py).
 """
 
 import asyncio
@@ -90,13 +97,22 @@ def create_app(config: ServerConfig) -> FastAPI:
       raise not_found(f"Could not find version {version} of model {model_name}")
     return JSONResponse(response)
 
+  def labelled(label: str) -> str:
+    """The version number a label stands for, as the /versions/<v> routes take it."""
+    if label not in config.version_labels:
+      raise not_found(f"no version is labelled {label!r} (--version-labels)")
+    return str(config.version_labels[label])
+
   # Requests holding a body (read, decoded or batched): at most max_pending_requests, so
   # their memory stays under max_pending_requests x max_body_bytes however many clients come.
   pending = 0
 
-  async def predict(request: Request, model_name: str, version: Optional[str]) -> JSONResponse:
+  async def answer(request: Request, model_name: str, version: Optional[str],
+                   method: str) -> JSONResponse:
+    """:predict or :classify."""
     nonlocal pending
     model = served_model(model_name, version)
+    protocol.check_method(method)
     if pending >= config.max_pending_requests:
       raise RequestError(HTTPStatus.TOO_MANY_REQUESTS,
                          f"{pending} requests are in progress, the most this server takes "
@@ -105,14 +121,24 @@ def create_app(config: ServerConfig) -> FastAPI:
     try:
       body = await _read_body(request, config.max_body_bytes, config.read_timeout_seconds)
       parsed = await asyncio.get_running_loop().run_in_executor(decoders, functools.partial(
-          protocol.parse_predict_request, body, config.max_instances, config.max_pixels))
+          protocol.parse_request, method, body, config.max_instances, config.max_pixels))
       outcomes = await batcher.predict(model, parsed.images)
     finally:
       pending -= 1
     for index, outcome in enumerate(outcomes):
       if isinstance(outcome, RequestError):
         raise outcome.for_image(index)
-    return JSONResponse(protocol.predict_response(outcomes, parsed.columnar))
+    return JSONResponse(protocol.response(parsed, outcomes, model.class_names))
+
+  # First, so that they win should a Vertex AI route look like one of TF Serving's.
+  @app.get(config.health_route)
+  async def health():
+    return status(name, None)
+
+  if config.predict_route:
+    @app.post(config.predict_route)
+    async def predict_route(request: Request):
+      return await answer(request, name, None, "predict")
 
   @app.get("/v1/models/{model_name}")
   async def model_status(model_name: str):
@@ -122,6 +148,10 @@ def create_app(config: ServerConfig) -> FastAPI:
   async def version_status(model_name: str, version: str):
     return status(model_name, version)
 
+  @app.get("/v1/models/{model_name}/labels/{label}")
+  async def label_status(model_name: str, label: str):
+    return status(model_name, labelled(label))
+
   @app.get("/v1/models/{model_name}/metadata")
   async def model_metadata(model_name: str):
     return JSONResponse(protocol.metadata_response(name, served_model(model_name, None)))
@@ -130,13 +160,21 @@ def create_app(config: ServerConfig) -> FastAPI:
   async def version_metadata(model_name: str, version: str):
     return JSONResponse(protocol.metadata_response(name, served_model(model_name, version)))
 
-  @app.post("/v1/models/{model_name}:predict")
-  async def predict_latest(model_name: str, request: Request):
-    return await predict(request, model_name, None)
+  @app.get("/v1/models/{model_name}/labels/{label}/metadata")
+  async def label_metadata(model_name: str, label: str):
+    return await version_metadata(model_name, labelled(label))
 
-  @app.post("/v1/models/{model_name}/versions/{version}:predict")
-  async def predict_version(model_name: str, version: str, request: Request):
-    return await predict(request, model_name, version)
+  @app.post("/v1/models/{model_name}:{method}")
+  async def answer_latest(model_name: str, method: str, request: Request):
+    return await answer(request, model_name, None, method)
+
+  @app.post("/v1/models/{model_name}/versions/{version}:{method}")
+  async def answer_version(model_name: str, version: str, method: str, request: Request):
+    return await answer(request, model_name, version, method)
+
+  @app.post("/v1/models/{model_name}/labels/{label}:{method}")
+  async def answer_label(model_name: str, label: str, method: str, request: Request):
+    return await answer(request, model_name, labelled(label), method)
 
   @app.get("/monitoring/prometheus/metrics", response_class=PlainTextResponse)
   async def metrics():

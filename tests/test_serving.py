@@ -1,5 +1,6 @@
 """The REST server on a real exported model, over real loopback HTTP (uvicorn in a thread)."""
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -9,6 +10,8 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Tuple
@@ -108,7 +111,8 @@ def base_path(tmp_path_factory, exported):
 def url(base_path):
   # A long batch timeout, so requests sent together surely meet in one batch.
   with running_server(ServerConfig(base_path, batch_timeout_ms=50, max_batch_size=8,
-                                   read_timeout_seconds=1.0, **LIMITS)) as address:
+                                   read_timeout_seconds=1.0, **LIMITS,
+                                   version_labels={"stable": 1, "canary": 2})) as address:
     yield address
 
 
@@ -154,20 +158,31 @@ def test_status_and_metadata_as_tf_serving_gives_them(url):
                                          "status": {"error_code": "OK", "error_message": ""}}]}
   assert httpx.get(f"{url}/v1/models/{NAME}").json() == available
   assert httpx.get(f"{url}/v1/models/{NAME}/versions/1").json() == available
+  assert httpx.get(f"{url}/health").json() == available
 
   metadata = httpx.get(f"{url}/v1/models/{NAME}/metadata").json()
   assert metadata["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
-  serving_default = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+  assert list(metadata["metadata"]) == ["signature_def"]  # nothing TF Serving would not give
+  signature_map = metadata["metadata"]["signature_def"]
+  assert set(signature_map) == {"@type", "signature_def"}
+  assert signature_map["@type"] == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+  assert {"serving_default", "from_examples"} <= set(signature_map["signature_def"])
+  serving_default = signature_map["signature_def"]["serving_default"]
+  assert serving_default["method_name"] == "tensorflow/serving/predict"
   assert serving_default["inputs"]["images"]["dtype"] == "DT_STRING"
   assert set(serving_default["outputs"]) == {"probabilities", "class_index", "class_name"}
-  assert metadata["metadata"]["headswap"] == {"class_names": CLASSES, "image_size": SIZE}
   assert httpx.get(f"{url}/v1/models/{NAME}/versions/1/metadata").json() == metadata
 
 
-def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_path):
-  images = [jpeg(seed) for seed in range(3)]  # upright RGB JPEGs: served byte for byte
-  expected = tf.saved_model.load(os.path.join(base_path, "1")).signatures["serving_default"](
+def saved_model_outputs(base_path: str, images) -> dict:
+  """Version 1's own answer: upright RGB JPEGs are served byte for byte."""
+  return tf.saved_model.load(os.path.join(base_path, "1")).signatures["serving_default"](
       images=tf.constant(images))
+
+
+def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_path):
+  images = [jpeg(seed) for seed in range(3)]
+  expected = saved_model_outputs(base_path, images)
   predict = f"{url}/v1/models/{NAME}:predict"
 
   rows = [{"b64": b64(images[0])["b64"]}, {"images": b64(images[1])}, b64(images[2])]
@@ -187,12 +202,72 @@ def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_
     assert outputs["class_name"] == [name.decode() for name in expected["class_name"].numpy()]
 
 
+def test_classify_and_regress_answer_as_tf_serving_documents_them(url, base_path):
+  """https://www.tensorflow.org/tfx/serving/api_rest. Its classification request, under
+  "Encoding binary values" (our model's signature is the default one, so no signature_name):
+      {"signature_name": "classify_objects",
+       "examples": [{"image": { "b64": "aW1hZ2UgYnl0ZXM=" }, "caption": "seaside"},
+                    {"image": { "b64": "YXdlc29tZSBpbWFnZSBieXRlcw==" }, "caption": "mountains"}]}
+  and the Classify response, under "Response format":
+      {"result": [
+          // List of class label/score pairs for first Example (in request)
+          [ [<label1>, <score1>], [<label2>, <score2>], ... ],
+          ... ]}
+  """
+  images = [jpeg(4), jpeg(5)]
+  expected = saved_model_outputs(base_path, images)["probabilities"].numpy()
+  request = {"examples": [{"image": b64(images[0]), "caption": "seaside"},
+                          {"image": [b64(images[1])], "caption": "mountains"}]}  # value or list
+  response = httpx.post(f"{url}/v1/models/{NAME}:classify", json=request)
+  assert response.status_code == 200, response.text
+  result = response.json()
+  assert list(result) == ["result"] and len(result["result"]) == 2
+  for pairs, probabilities in zip(result["result"], expected):
+    assert [label for label, _ in pairs] == CLASSES
+    np.testing.assert_allclose([score for _, score in pairs], probabilities, rtol=1e-5,
+                               atol=1e-6)
+  # "context": features shared by all examples.
+  shared = {"context": {"image": b64(images[0])}, "examples": [{"caption": "seaside"}]}
+  response = httpx.post(f"{url}/v1/models/{NAME}/versions/1:classify", json=shared)
+  assert response.json()["result"] == result["result"][:1]
+
+  # The page's regress call, on a model with no regression signature: a clear 400.
+  regress = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}]}
+  response = httpx.post(f"{url}/v1/models/{NAME}:regress", json=regress)
+  assert response.status_code == 400 and ":classify" in response.json()["error"]
+
+
+def test_version_labels_stand_for_their_versions(url):
+  """The fixture labels version 1 stable and version 2, not served, canary."""
+  stable, canary = f"{url}/v1/models/{NAME}/labels/stable", f"{url}/v1/models/{NAME}/labels/canary"
+  assert httpx.get(stable).json() == httpx.get(f"{url}/v1/models/{NAME}/versions/1").json()
+  assert httpx.get(f"{stable}/metadata").json()["model_spec"]["version"] == "1"
+  assert httpx.post(f"{stable}:predict", json=row_request(jpeg(0))).status_code == 200
+  classify = {"examples": [{"image": b64(jpeg(0))}]}
+  assert httpx.post(f"{stable}:classify", json=classify).status_code == 200
+
+  response = httpx.post(f"{canary}:predict", json=row_request(jpeg(0)))
+  assert response.status_code == 404 and "Specific(pets, 2)" in response.json()["error"]
+  assert httpx.get(canary).status_code == 404
+  response = httpx.get(f"{url}/v1/models/{NAME}/labels/nope/metadata")
+  assert response.status_code == 404 and "--version-labels" in response.json()["error"]
+
+
+def test_version_labels_flag():
+  labels = serving_cli.parse_version_labels("stable=2, canary=30")
+  assert labels == {"stable": 2, "canary": 30}
+  for wrong in ("stable", "stable=two", "=2", "a b=1"):
+    with pytest.raises(argparse.ArgumentTypeError, match="LABEL=VERSION"):
+      serving_cli.parse_version_labels(wrong)
+
+
 def _image(image_format: str, size: int = 64, frames: int = 1) -> bytes:
   images = [make_image((90, 90, 90), seed, size) for seed in range(frames)]
   return encode(images[0], image_format, save_all=True, append_images=images[1:])
 
 
 PREDICT = f"/v1/models/{NAME}:predict"
+CLASSIFY = f"/v1/models/{NAME}:classify"
 HUGE_VERSION = "9" * 5000  # int() of it raises in Python 3.10
 BAD_REQUESTS = {  # (path, body, status, words of the error[, headers over JSON_HEADERS])
     "invalid JSON": (PREDICT, b"{not json", 400, "invalid JSON"),
@@ -209,6 +284,17 @@ BAD_REQUESTS = {  # (path, body, status, words of the error[, headers over JSON_
     "too many instances": (PREDICT, json.dumps(row_request(*[jpeg(0)] * 5)), 413,
                            "--max-instances"),
     "body over the limit": (PREDICT, b" " * 100_001, 413, "--max-body-bytes"),
+    "classify without examples": (CLASSIFY, json.dumps(row_request(jpeg(0))), 400,
+                                  '"examples" must be a list'),
+    "an example without an image": (CLASSIFY, json.dumps({"examples": [{"caption": "x"}]}),
+                                    400, 'example 0 has no "image" feature'),
+    "two images in an example": (CLASSIFY, json.dumps({"examples": [
+        {"image": [b64(jpeg(0))] * 2}]}), 400, 'example 0 has 2 "image" values'),
+    "a feature in context and example": (CLASSIFY, json.dumps({
+        "context": {"image": b64(jpeg(0))}, "examples": [{"image": b64(jpeg(0))}]}), 400,
+        "repeats the context's features ['image']"),
+    "an unknown method": (f"/v1/models/{NAME}:explain", json.dumps(row_request(jpeg(0))), 404,
+                          "no method :explain"),
     "unknown signature": (PREDICT, json.dumps({"signature_name": "x", "instances": []}), 400,
                           "signature_name"),
     "a long name echoed": (PREDICT, json.dumps({"signature_name": "x" * 60_000}), 400,
@@ -392,10 +478,10 @@ def _served_version(url: str) -> str:
   return httpx.get(f"{url}/v1/models/{NAME}").json()["model_version_status"][0]["version"]
 
 
-def _wait_until(condition, what: str) -> None:
-  deadline = time.monotonic() + 60
+def _wait_until(condition, what: str, seconds: float = 60) -> None:
+  deadline = time.monotonic() + seconds
   while not condition():
-    assert time.monotonic() < deadline, f"{what}: not within 60 s"
+    assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
     time.sleep(0.1)
 
 
@@ -437,6 +523,41 @@ def test_pushed_versions_are_served_without_restart_or_failed_requests(exported,
                       json=row_request(jpeg(0))).status_code == 404
     assert [status["version"] for status in
             httpx.get(f"{url}/v1/models/{NAME}").json()["model_version_status"]] == ["2"]
+
+
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+def test_headswap_serve_in_a_vertex_ai_container(exported):
+  """Only Vertex AI's variables, no flags: its port, its routes, and AIP_STORAGE_URI naming one
+  SavedModel (served as version 1)."""
+  port, routes = _free_port(), "/v1/endpoints/7/deployedModels/8"
+  environment = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": exported,
+                 "AIP_PREDICT_ROUTE": f"{routes}:predict", "AIP_HEALTH_ROUTE": routes}
+  server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve"], env=environment)
+  url = f"http://127.0.0.1:{port}"
+
+  def healthy() -> bool:
+    assert server.poll() is None, "headswap serve exited"
+    try:
+      return httpx.get(url + routes).status_code == 200
+    except httpx.TransportError:  # not listening yet
+      return False
+
+  try:
+    _wait_until(healthy, "healthy", seconds=180)  # importing TensorFlow on a busy machine
+    (status,) = httpx.get(url + routes).json()["model_version_status"]
+    assert status["version"] == "1" and status["state"] == "AVAILABLE"
+    vertex_request = {"instances": [{"images": b64(jpeg(0))}], "parameters": {}}
+    response = httpx.post(f"{url}{routes}:predict", json=vertex_request)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["class_name"] in CLASSES
+  finally:
+    server.terminate()
+    server.wait(60)
 
 
 def test_predict_prints_top_k_from_a_saved_model_and_from_the_server(url, base_path, tmp_path,
