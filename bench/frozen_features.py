@@ -76,15 +76,16 @@ def cache_file(cache, backbone):
 
 def backbone_features(backbone, splits, cache):
   """{train, train_flip, test, test_flip, train_labels, test_labels, images_per_s,
-  images_per_cpu_s} of "name" or "name@size"."""
+  images_per_cpu_s} of "name" or "name@size" (a name may join backbones side by side with
+  "+", as the pipeline's base: trainer/backbones/registry.py build_base)."""
   path = cache_file(cache, backbone)
   if os.path.exists(path):
     return dict(np.load(path))
   from trainer.backbones import registry
 
   name, _, size = backbone.partition("@")
-  size = int(size) if size else registry.get_backbone(name).image_size
-  base = registry.build_base(name, "imagenet", size)
+  base = registry.build_base(name, "imagenet", int(size) if size else None)
+  size = base.input_shape[1]
   result, seconds = {}, np.zeros(2)
   for split, (images, labels) in splits.items():
     pixels = pixels_of(images, size)

@@ -65,10 +65,9 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
     sections.append(("Training", _training_html(model_run, folder)))
   model = artifacts.get("Trainer.model")
   if model:
-    # The eval split also steered early stopping and tuning: a test split, if any, is reported.
-    held_out, evaluator = ((features.TEST, "TestEvaluator") if features.TEST in ingest["counts"]
-                           else (features.EVAL, "Evaluator"))
-    results = candidate_results(artifacts[f"{evaluator}.evaluation"], ingest["class_names"])
+    # The gate's split: the user-given test split if there is one (pipeline/pipeline.py).
+    held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
+    results = candidate_results(artifacts["Evaluator.evaluation"], ingest["class_names"])
     classifier = Classifier(os.path.join(model, "Format-Serving"))
     sections.append((f"Results on the {held_out} split",
                      _held_out_html(results, classifier, examples, held_out, folder)))
@@ -181,11 +180,15 @@ def _phases_html(summary):
   rows = [("after phase 1 (frozen base)", summary["frozen"], not fine or not fine["kept"])]
   if fine:
     rows.append((f"after phase 2 (top {fine['blocks']} blocks fine-tuned)", fine, fine["kept"]))
-  cells = "".join(f"<tr><td>{name}</td><td>{phase['val_accuracy']:.4f}</td>"
-                  f"<td>{phase['val_loss']:.4f}</td><td>{phase['epochs']}</td>"
-                  f"<td>{'shipped' if shipped else ''}</td></tr>" for name, phase, shipped in rows)
-  return ("<table><tr><th>model</th><th>eval accuracy</th><th>eval loss</th><th>epochs</th>"
-          f"<th></th></tr>{cells}</table>")
+  table = _table(["model", "eval accuracy", "eval loss", "epochs", ""],
+                 [[name, _number(phase.get("val_accuracy"), 4), _number(phase.get("val_loss"), 4),
+                   phase["epochs"], "shipped" if shipped else ""]
+                  for name, phase, shipped in rows])
+  if summary["hparams"].get("fit_eval_split"):
+    table += ("<p>Both phases trained on the train and eval splits, for the epoch counts the "
+              "Tuner measured on held-out images (see Tuning): no split was left to score them "
+              "here; the gate scores the shipped model on the test split.</p>")
+  return table
 
 
 def _held_out_html(results, classifier, examples, split, folder):
@@ -229,11 +232,12 @@ def _mislabel_html(model_run, examples, folder):
   given = probabilities[np.arange(len(labels)), labels]
   suspects = [i for i in np.argsort(given)[:GRID_SIZE] if given[i] < 0.5]
   files = [predictions["files"][i] for i in suspects]
-  images = {}  # only the suspects' encoded images, not the whole split's
-  for parsed in _parsed_examples(examples, features.TRAIN):
-    name = parsed[features.FILENAME].numpy().decode()
-    if name in files:
-      images[name] = parsed[features.IMAGE].numpy()
+  images = {}  # only the suspects' encoded images, not the whole splits'
+  for split in (features.TRAIN, features.EVAL):  # the Trainer may have fitted on both
+    for parsed in _parsed_examples(examples, split):
+      name = parsed[features.FILENAME].numpy().decode()
+      if name in files:
+        images[name] = parsed[features.IMAGE].numpy()
   captions = [f"{predictions['files'][i]}\nlabelled {class_names[labels[i]]} (p {given[i]:.2f})"
               f"\nmodel says {class_names[probabilities[i].argmax()]}" for i in suspects]
   if not _grid_png([images[name] for name in files], captions,

@@ -54,7 +54,7 @@ class PipelineConfig:
   num_classes: Optional[int] = None  # known when the data was listed up front: enables checks
   num_images: Optional[int] = None  # ... and then the ingest's Beam workers are sized by it
   stages: str = "all"  # "ingest" stops after data validation
-  has_test_split: bool = False  # a user-given test set, evaluated and reported on its own
+  has_test_split: bool = False  # a user-given test set: the gate's, and the one reported
   hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.hparams.HParams
   tune: bool = True
   search_space: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning.space.SearchSpace
@@ -127,7 +127,11 @@ def _training_nodes(config, example_gen, schema_gen):
   splits = dict(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
                 train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN]),
                 eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL]))
-  shared_config = {"hparams": config.hparams, "feature_cache_dir": config.feature_cache_dir,
+  # With a user-given test split the gate scores on it, so the eval split is free to train
+  # the shipped model once the Tuner has chosen on it (trainer/hparams.py fit_eval_split).
+  gate_split = features.TEST if config.has_test_split else features.EVAL
+  hparams = {**config.hparams, "fit_eval_split": config.tune and config.has_test_split}
+  shared_config = {"hparams": hparams, "feature_cache_dir": config.feature_cache_dir,
                    "code_fingerprint": _code_fingerprint(trainer, tuning, components)}
   trainer_class, tuner_class = Trainer, TransferTuner
   trainer_jobs, tuner_jobs = {}, {}
@@ -161,7 +165,7 @@ def _training_nodes(config, example_gen, schema_gen):
   evaluator = Evaluator(
       examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
       baseline_model=baseline.outputs["model"],
-      example_splits=[features.EVAL], eval_config=eval_config(config, gate=True))
+      example_splits=[gate_split], eval_config=eval_config(config))
   pusher = Pusher(
       model=trainer_component.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
@@ -170,28 +174,20 @@ def _training_nodes(config, example_gen, schema_gen):
       # The atomic publish renames on one local filesystem; TFX's Pusher also writes gs://.
       custom_executor_spec=None if config.remote or filesystem.is_remote(config.serving_dir)
       else executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
-  nodes += [trainer_component, baseline, evaluator, pusher]
-  if config.has_test_split:
-    # Reported on its own: the eval split also steered early stopping and tuning.
-    nodes.append(Evaluator(
-        examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
-        example_splits=[features.TEST], eval_config=eval_config(config, gate=False),
-    ).with_id("TestEvaluator"))
-  return nodes
+  return nodes + [trainer_component, baseline, evaluator, pusher]
 
 
-def eval_config(config: PipelineConfig, gate: bool) -> tfma.EvalConfig:
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   """Accuracy (gated), per-class precision/recall/F1, AUC for two classes, confusion matrix.
 
   The exported model is a plain SavedModel to TFMA, so every metric is listed here.
   """
   accuracy = tfma.MetricConfig(class_name="SparseCategoricalAccuracy")
-  if gate:
-    accuracy.threshold.CopyFrom(tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.accuracy_floor}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -config.max_accuracy_drop})))
+  accuracy.threshold.CopyFrom(tfma.MetricThreshold(
+      value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.accuracy_floor}),
+      change_threshold=tfma.GenericChangeThreshold(
+          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+          absolute={"value": -config.max_accuracy_drop})))
   # top_k 1: an image counts for its most probable class, as in the accuracy and the confusion
   # matrix; at TFMA's default 0.5 threshold an image whose best class scores below it (common
   # with many classes) would count for none.

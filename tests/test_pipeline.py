@@ -82,16 +82,24 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
   assert "BLESSED" in report
   assert "chance for 2 classes: 0.5000" in report and "no baseline" in report
   assert os.path.exists(os.path.join(output, "report", "learning_curves.png"))
-  assert "after phase 1 (frozen base)" in report  # each phase's eval accuracy, side by side
-  assert glob.glob(os.path.join(artifacts["TestEvaluator.evaluation"], "metrics*"))
+  assert "after phase 1 (frozen base)" in report
+  # The gate scored the user's test split, so the eval split trained the shipped model too.
+  assert "8 images (as the test split's Evaluator measured it)" in report
+  assert training["hparams"]["fit_eval_split"] and "val_accuracy" not in training["frozen"]
+  assert "Both phases trained on the train and eval splits" in report
 
 
-def test_trainer_predictions_on_the_training_images_are_the_exported_models(good_run):
+def test_the_shipped_model_fitted_every_photo_but_the_gates_and_predicts_them_as_exported(
+    good_run):
   _, _, artifacts = good_run
   with open(os.path.join(artifacts["Trainer.model_run"], "train_predictions.json")) as f:
     predictions = json.load(f)  # computed from the cached features, for the report
-  train = read_split(artifacts["ImageExampleGen.examples"], "train")
+  train, held_out = (read_split(artifacts["ImageExampleGen.examples"], split)
+                     for split in ("train", "eval"))
+  for column in train:
+    train[column] += held_out[column]
   names = [name.decode() for name in train["filename"]]
+  assert len(names) == 32 and len(held_out["filename"]) > 0  # all of train/, eval included
   assert sorted(predictions["files"]) == sorted(names)
   order = [predictions["files"].index(name) for name in names]
   assert [predictions["labels"][i] for i in order] == train["label"]
@@ -244,10 +252,12 @@ def test_report_shows_this_run_only(tuned_then_untuned):
 def test_report_metrics_are_tfmas(tuned_then_untuned):
   output, (_, report) = tuned_then_untuned
   artifacts = local_runner.last_run_artifacts(local_runner.metadata_path(output))
-  overall, = [m for m in tfma.load_metrics(artifacts["TestEvaluator.evaluation"])
+  overall, = [m for m in tfma.load_metrics(artifacts["Evaluator.evaluation"])
               if not m.slice_key.single_slice_keys]
   values = {(e.key.name, e.key.sub_key.class_id.value if e.key.sub_key.HasField("class_id")
-             else None): e.value.double_value.value for e in overall.metric_keys_and_values}
+             else None): e.value.double_value.value for e in overall.metric_keys_and_values
+            # the gate also measured the tuned run's blessed model
+            if e.key.model_name == "candidate" and not e.key.is_diff}
   accuracy, = re.findall(r"<data class='accuracy' value='([^']+)'>", report)
   assert float(accuracy) == values[ACCURACY, None]  # exactly: the report computes none itself
   assert f"on {round(values['example_count', None])} images" in report

@@ -149,7 +149,7 @@ def test_kubeflow_spec_is_the_same_pipeline_spec_with_its_root(specs):
   assert "tfx.components.trainer.executor.GenericExecutor" in [
       value.string_value for value in trainer.fields["args"].list_value.values]
   assert "ai_platform_training_args" not in _task_parameters(kubeflow, "Trainer")["custom_config"]
-  for task in ("ImageExampleGen", "StatisticsGen", "Evaluator", "TestEvaluator"):  # Beam's steps
+  for task in ("ImageExampleGen", "StatisticsGen", "Evaluator"):  # Beam's steps
     container = _container(kubeflow, task).struct_value.fields["container"].struct_value
     arguments = [value.string_value for value in container.fields["args"].list_value.values]
     assert arguments[-len(DATAFLOW.split()):] == DATAFLOW.split(), task

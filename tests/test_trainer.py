@@ -129,6 +129,21 @@ def test_tuned_phase_one_trains_every_epoch_it_was_given(examples, initial_weigh
   assert run.summary["frozen"]["val_loss"] == run.history[-1]["val_loss"]
 
 
+def test_with_the_tuners_epoch_counts_the_eval_split_trains_too(examples, initial_weights,
+                                                                tmp_path):
+  """fit_eval_split (the gate has a test split): both phases fit train and eval, for the
+  epochs given, and phase 2 is kept: the Tuner chose it on held-out images."""
+  with pytest.raises(ValueError, match="stop_early"):
+    _train(examples, _hparams(initial_weights, fit_eval_split=True), tmp_path)
+  run = _train(examples, _hparams(initial_weights, fit_eval_split=True, stop_early=False,
+                                  epochs=2, fine_tune_blocks=1, fine_tune_epochs=2), tmp_path)
+  assert [row["phase"] for row in run.history] == ["frozen"] * 2 + ["fine_tune"] * 2
+  assert not any("val_loss" in row for row in run.history)
+  assert run.summary["fine_tune"]["kept"]
+  split_sizes = [len(rows) for split, rows in sorted(read_examples(examples).items())]
+  assert len(run.train_labels) == sum(split_sizes) == 20 and min(split_sizes) > 0
+
+
 def test_views_are_the_image_then_the_same_augmented_views_every_time(examples):
   images = data.decoded_images([os.path.join(examples, "Split-eval", "*")], SIZE)
   count = data.count(images)

@@ -77,6 +77,8 @@ def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_proce
   assert summary["fine_tuning_paid_off"] is paid_off
   assert f"fine-tuning {'paid off' if paid_off else 'did not pay off'}" in table
   assert best["fine_tune_blocks"] == (tuned["fine_tune_blocks"] if paid_off else 0)
+  if paid_off:  # phase 2 trains as long as the trial that won, as phase 1 does
+    assert best["fine_tune_epochs"] == tuned["epochs"]
   # The Trainer's phase 1 trains the cross-validated epoch count on every training image.
   assert best["stop_early"] is False
   assert best["epochs"] == extraction["epochs"]

@@ -25,6 +25,10 @@ class HParams:
   # Phase 1 stops early on the eval split's val_loss; the Tuner turns this off and gives the
   # epoch count its cross-validation found, so the head trains on every training image.
   stop_early: bool = True
+  # The eval split trains too, both phases for the Tuner's epoch counts with no early stopping:
+  # set when the gate has the user's test split to score on and the Tuner chose on held-out
+  # data, so every labelled training photo the gate does not need trains the shipped model.
+  fit_eval_split: bool = False
   fine_tune_blocks: int = 2  # 0 skips phase 2
   fine_tune_learning_rate: float = 0.0  # 0: learning_rate / 10
   fine_tune_epochs: int = 5

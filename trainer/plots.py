@@ -19,11 +19,12 @@ def learning_curves(history: List[Dict[str, float]], path: str) -> str:
   figure, axes = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
   for axis, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
     axis.plot(epochs, [row[metric] for row in history], marker="o", label=f"Training {metric}")
-    axis.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o",
-              label=f"Validation {metric}")
+    if all(f"val_{metric}" in row for row in history):  # none when the eval split trained too
+      axis.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o",
+                label=f"Validation {metric}")
     if fine_tune_start is not None:
       axis.axvline(fine_tune_start, color="grey", linestyle="--", label="Start fine-tuning")
-    axis.set_title(f"Training and validation {metric}")
+    axis.set_title(metric.capitalize())
     axis.set_ylabel(title)
     axis.legend(loc="lower right" if metric == "accuracy" else "upper right")
   axes[1].set_xlabel("epoch")

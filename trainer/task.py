@@ -21,6 +21,7 @@ SUMMARY_FILE = "training_summary.json"
 CURVES_FILE = "learning_curves.png"
 # The shipped model's probabilities per training image: the report's suspected mislabels.
 TRAIN_PREDICTIONS_FILE = "train_predictions.json"
+FROZEN_HEAD_FILE = "frozen_head.keras"  # phase 1's head (trainer/train.py TrainingRun)
 CHIEF_EXPORT_TIMEOUT_S = 1800
 
 
@@ -38,8 +39,10 @@ def run_fn(fn_args: FnArgs) -> None:
     return
   export.export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
-  train_predictions = {"class_names": class_names,
-                       "files": data.example_files(fn_args.train_files),
+  fitted_files = data.example_files(fn_args.train_files)  # in TrainingRun's order
+  if hp.fit_eval_split:
+    fitted_files += data.example_files(fn_args.eval_files)
+  train_predictions = {"class_names": class_names, "files": fitted_files,
                        "labels": run.train_labels.tolist(),
                        "probabilities": run.train_probabilities.round(4).tolist()}
   for name, value, indent in ((HISTORY_FILE, run.history, 2), (SUMMARY_FILE, run.summary, 2),
@@ -47,6 +50,7 @@ def run_fn(fn_args: FnArgs) -> None:
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, name), "w") as f:
       json.dump(value, f, indent=indent)
   plots.learning_curves(run.history, os.path.join(fn_args.model_run_dir, CURVES_FILE))
+  run.frozen_head.save(os.path.join(fn_args.model_run_dir, FROZEN_HEAD_FILE))
 
 
 def _export_as_worker(run, class_names, serving_model_dir) -> None:

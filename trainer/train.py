@@ -29,13 +29,20 @@ class TrainingRun:
   image_size: int
   history: List[Dict[str, float]]  # one row per epoch of both phases, with "phase" and "epoch"
   summary: Dict  # what happened, for people and the report
-  # The shipped classifier on the training examples, in data.decoded_images' order.
+  # The shipped classifier on the examples it was fitted on, in data.decoded_images' order:
+  # the train split's, then with hp.fit_eval_split the eval split's.
   train_probabilities: np.ndarray
   train_labels: np.ndarray
+  # Phase 1's head, before phase 2 trained it further: on the frozen base's pooled features it
+  # gives the test accuracy after phase 1 (bench/e2e.py).
+  frozen_head: keras.Model
 
 
 def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: HParams,
           feature_cache_dir: str, run_dir: str) -> TrainingRun:
+  if hp.fit_eval_split and hp.stop_early:
+    raise ValueError("fit_eval_split leaves nothing to stop early on: it needs the Tuner's "
+                     "epoch counts (stop_early off)")
   strategy = distribution_strategy(hp.cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   global_batch = hp.batch_size * replicas  # each replica keeps its batch size
@@ -48,14 +55,20 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   eval_images = data.decoded_images(eval_files, image_size)
 
   def fit(model, learning_rate, train_examples, eval_examples, phase, initial_epoch, epochs,
-          augment, stop_early=True, batch_size=global_batch):
+          augment, batch_size=global_batch):
+    if hp.fit_eval_split:  # the eval split trains too: nothing is left to validate on
+      train_examples, eval_examples = train_examples.concatenate(eval_examples), None
     return fit_phase(model, learning_rate, train_examples, eval_examples, hp, batch_size,
-                     epochs, initial_epoch=initial_epoch, augment=augment, stop_early=stop_early,
-                     strategy=strategy,
+                     epochs, initial_epoch=initial_epoch, augment=augment,
+                     stop_early=hp.stop_early, strategy=strategy,
                      # One writer per log folder: workers all-reduce the same metrics.
                      run_dir=os.path.join(run_dir, "tensorboard", phase) if is_chief() else None,
                      # Per worker: Keras's backup file cannot take two writers.
                      backup_dir=os.path.join(run_dir, "backup", task_name(), phase))
+
+  def fitted(train_examples, eval_examples):
+    """The examples the shipped model is fitted on, unaugmented, in TrainingRun's order."""
+    return train_examples.concatenate(eval_examples) if hp.fit_eval_split else train_examples
 
   # With both fast paths the images go through the base once, to the fine-tuning cut.
   deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0
@@ -71,18 +84,19 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     train_outputs, eval_outputs = frozen_outputs.pooled_features()
     frozen = fit(head, hp.learning_rate, data.examples_of(*train_outputs),
                  data.examples_of(*eval_outputs), FROZEN, 0, hp.epochs, augment=False,
-                 stop_early=hp.stop_early, batch_size=hp.feature_batch_size * replicas)
+                 batch_size=hp.feature_batch_size * replicas)
     with strategy.scope():
       classifier = build_classifier(base, head)
     # What the shipped model would be run on to predict the training examples: the cheapest
     # inputs it was trained from, of the unaugmented view.
-    shipped = head, _first_view(train_outputs, hp.cached_views)
+    shipped = head, fitted(_first_view(train_outputs, hp.cached_views),
+                           data.examples_of(*eval_outputs))
   else:
     with strategy.scope():
       classifier = build_classifier(base, head)
     frozen = fit(classifier, hp.learning_rate, train_images, eval_images, FROZEN, 0, hp.epochs,
-                 augment=True, stop_early=hp.stop_early)
-    shipped = classifier, train_images
+                 augment=True)
+    shipped = classifier, fitted(train_images, eval_images)
   history = _rows(frozen, FROZEN, first_epoch=0)
   summary = {"replicas": replicas, "global_batch_size": global_batch,
              "image_size": image_size, "hparams": dataclasses.asdict(hp),
@@ -91,6 +105,9 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                         **_kept_epoch(frozen, hp.stop_early),
                         "fast_feature_extraction": hp.fast_feature_extraction,
                         "feature_files_computed": frozen_outputs.computed[feature_cache.POOLED]}}
+
+  frozen_head = keras.models.clone_model(head)
+  frozen_head.set_weights(head.get_weights())
 
   # Phase 2: fine-tuning the top blocks, BatchNormalization statistics untouched.
   if hp.fine_tune_blocks:
@@ -107,13 +124,15 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       # images.
       train_outputs, eval_outputs = frozen_outputs.activations(hp.fine_tune_blocks)
       fine_train, fine_eval = data.examples_of(*train_outputs), data.examples_of(*eval_outputs)
-      fine_unaugmented = _first_view(train_outputs, hp.cached_views)
+      fine_unaugmented = fitted(_first_view(train_outputs, hp.cached_views), fine_eval)
     else:
-      fine_train, fine_eval, fine_unaugmented = train_images, eval_images, train_images
+      fine_train, fine_eval = train_images, eval_images
+      fine_unaugmented = fitted(train_images, eval_images)
     fine = fit(tuned, hp.phase2_learning_rate, fine_train, fine_eval, FINE_TUNE, len(history),
                hp.fine_tune_epochs, augment=not hp.fast_fine_tuning)
-    best = _kept_epoch(fine, stop_early=True)
-    kept = best["val_loss"] < summary["frozen"]["val_loss"]
+    best = _kept_epoch(fine, hp.stop_early)
+    # Without early stopping the Tuner chose this depth over phase 1 alone on held-out data.
+    kept = not hp.stop_early or best["val_loss"] < summary["frozen"]["val_loss"]
     if not kept:  # fine-tuning made eval loss worse: ship the feature-extraction model
       classifier.set_weights(frozen_weights)
     else:
@@ -129,11 +148,14 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   model, inputs = shipped
   train_probabilities, train_labels = feature_cache.outputs_of(
       model, data.inference_batches(inputs, global_batch))
-  return TrainingRun(classifier, image_size, history, summary, train_probabilities, train_labels)
+  return TrainingRun(classifier, image_size, history, summary, train_probabilities, train_labels,
+                     frozen_head)
 
 
 def _kept_epoch(metrics: Dict[str, List[float]], stop_early: bool) -> Dict[str, float]:
-  """The eval split's val_loss and val_accuracy of the weights a phase kept."""
+  """The eval split's val_loss and val_accuracy of the weights a phase kept, if it had one."""
+  if "val_loss" not in metrics:
+    return {}
   kept = int(np.argmin(metrics["val_loss"])) if stop_early else -1
   return {name: metrics[name][kept] for name in ("val_loss", "val_accuracy")}
 
@@ -146,14 +168,14 @@ def _first_view(outputs: feature_cache.Outputs, views: int) -> tf.data.Dataset:
 
 
 def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.Dataset,
-              eval_examples: tf.data.Dataset, hp: HParams, batch_size: int, epochs: int,
+              eval_examples: Optional[tf.data.Dataset], hp: HParams, batch_size: int, epochs: int,
               initial_epoch: int = 0, augment: bool = False, stop_early: bool = True,
               strategy: Optional[tf.distribute.Strategy] = None, run_dir: Optional[str] = None,
               backup_dir: Optional[str] = None, restart: bool = False) -> Dict[str, List[float]]:
   """Trains `model` on (inputs, label) examples (images, or cached outputs of the frozen part
   below it) and returns the per-epoch metrics, val_loss and val_accuracy on the eval examples
-  among them. `stop_early`: stops when val_loss has not improved for hp.patience epochs and
-  restores the best epoch's weights; else trains all `epochs`. The one training loop of both
+  among them (if given). `stop_early`: stops when val_loss has not improved for hp.patience
+  epochs and restores the best epoch's weights; else trains all `epochs`. The one training loop of both
   Trainer phases and every Tuner trial.
 
   `augment` applies hp.augmentations (image inputs only); under `strategy` the model was
@@ -173,7 +195,8 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
                            STEPS_PER_EXECUTION if not distributed else 1)
   batches = data.training_batches(train_examples, batch_size, hp.seed,
                                   hp.augmentations if augment else ())
-  callbacks = [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size))]
+  callbacks = ([] if eval_examples is None else
+               [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size))])
   if stop_early:
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience,
                                                    restore_best_weights=True))

@@ -46,6 +46,7 @@ def summarize(heads: StageOracle, depth: StageOracle,
                              "eval_score": tuned_trial and metric(tuned_trial, FROZEN_OBJECTIVE)},
       "best_fine_tune": best_tuned and {
           "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
+          "epochs": best_tuned[EPOCHS],
           "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
       "fine_tuning_paid_off": bool(tuned_trial and paid_off(tuned_trial)),
   }

@@ -221,12 +221,15 @@ def head_values(trial) -> Dict[str, Any]:
 
 
 def best_hyperparameters(heads: StageOracle, depth: StageOracle) -> keras_tuner.HyperParameters:
-  """What the Trainer gets: the best fine-tune trial if it beat feature extraction (the
-  best head), else the best head with fine_tune_blocks 0."""
+  """What the Trainer gets: the best fine-tune trial and its best epoch count if it beat
+  feature extraction (the best head), else the best head with fine_tune_blocks 0."""
   head = heads.get_best_trials(1)[0]
   tuned = [trial for trial in depth.get_best_trials(1) if trial.status == Status.COMPLETED]
   if tuned and paid_off(tuned[0]):
-    return tuned[0].hyperparameters
+    chosen = tuned[0].hyperparameters.copy()
+    # Phase 2 trains as long as the trial's best epoch, with no early stopping (as phase 1).
+    chosen.Fixed("fine_tune_epochs", int(metric(tuned[0], EPOCHS)))
+    return chosen
   chosen = keras_tuner.HyperParameters()
   for name, value in {**head_values(head), "fine_tune_blocks": 0}.items():
     chosen.Fixed(name, value)
