@@ -29,11 +29,19 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
   """Writes `model` (0-255 pixels [B, size, size, 3] -> probabilities [B, C]) to `path`."""
   names = tf.constant(class_names)
 
+  # One trace of the model for both endpoints. Endpoints that call the model themselves trace
+  # it twice each (write_out traces them to list their variables, tf.saved_model.save again
+  # for the signatures): four model traces. These endpoints only call this concrete function,
+  # so their own traces are cheap.
+  @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)],
+               autograph=False)
   def predict(pixels):
     probabilities = model(pixels, training=False)
     class_index = tf.argmax(probabilities, axis=-1)
     return {"probabilities": probabilities, "class_index": class_index,
             "class_name": tf.gather(names, class_index)}
+
+  predict = predict.get_concrete_function()
 
   def from_images(images):
     return predict(preprocessing.decode_images(images, image_size))
