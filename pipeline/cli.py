@@ -4,7 +4,6 @@ Heavy imports (TensorFlow, TFX) happen inside the commands, so `headswap --help`
 """
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -156,7 +155,9 @@ def cmd_run(args):
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="headswap", description="Folders of labelled photos to a served image classifier.")
-  parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
+  parser.add_argument("-v", "--verbose", action="store_true",
+                      help="show every library log and warning too (TensorFlow, TFX, Beam); "
+                           "they always go to the log file, OUTPUT/logs/headswap-*.log")
   commands = parser.add_subparsers(dest="command", required=True)
 
   ingest = commands.add_parser("ingest", help="ingest images into TFRecords and validate them")
@@ -188,15 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Commands whose --output is a folder: their logs go in OUTPUT/logs.
+OUTPUT_FOLDER_COMMANDS = ("ingest", "run", "tune")
+
+
 def main(argv=None):
   args = build_parser().parse_args(argv)
-  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                      format="%(asctime)s %(levelname)s %(message)s")
-  logging.getLogger("headswap").setLevel(logging.INFO)  # our progress lines, always
-  try:
-    args.func(args)
-  except sources.IngestError as error:
-    sys.exit(f"headswap: {error}")
+  from pipeline import console  # pylint: disable=import-outside-toplevel
+
+  output = getattr(args, "output", None) if args.command in OUTPUT_FOLDER_COMMANDS else None
+  with console.session(console.log_dir(output), args.verbose, args.command):
+    try:
+      args.func(args)
+    except sources.IngestError as error:
+      sys.exit(f"headswap: {error}")
 
 
 if __name__ == "__main__":

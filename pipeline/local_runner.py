@@ -8,6 +8,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
+from pipeline import console
 from pipeline.pipeline import PipelineConfig, create_pipeline
 
 
@@ -23,8 +24,9 @@ def run(config: PipelineConfig, metadata_file: str,
   metadata_file is ML Metadata's SQLite file, which must be on this machine.
   """
   connection = metadata.sqlite_metadata_connection_config(metadata_file)
-  LocalDagRunner().run(
-      create_pipeline(config, connection, beam_pipeline_args))
+  with console.timed_stages():  # one line per component on the console
+    LocalDagRunner().run(
+        create_pipeline(config, connection, beam_pipeline_args))
   return last_run_artifacts(metadata_file)
 
 

@@ -19,6 +19,7 @@ from serving.errors import RequestError, bad_request
 from trainer import export
 
 log = logging.getLogger("headswap")
+story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)
 VERSION_FOLDER = re.compile(r"[0-9]+")  # the Pusher's staging folders never match
 
 
@@ -143,7 +144,7 @@ class ServedVersions:
         continue
       self.failed.pop(version, None)
       self._failed_files.pop(version, None)
-      log.info("serving version %d (%s)", version, path)
+      story.info("serving version %d (%s)", version, path)
       self.current = model
       return
 

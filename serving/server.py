@@ -35,6 +35,7 @@ from serving.errors import RequestError, bad_request, not_found, shorten, too_la
 from serving.models import LoadedModel, ServedVersions
 
 log = logging.getLogger("headswap")
+story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)
 
 
 class NoModelError(Exception):
@@ -286,5 +287,5 @@ def uvicorn_config(config: ServerConfig, **options) -> uvicorn.Config:
 def run(config: ServerConfig, host: str, port: int) -> None:
   server = uvicorn.Server(uvicorn_config(config, host=host, port=port, log_level="info"))
   address = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
-  log.info("model %s at http://%s:%d/v1/models/%s", config.name, address, port, config.name)
+  story.info("model %s at http://%s:%d/v1/models/%s", config.name, address, port, config.name)
   server.run()

@@ -31,6 +31,7 @@ from tuning.summary import summarize, summarize_tuner
 from tuning.trials import TransferTuner, precompute
 
 log = logging.getLogger("headswap")
+story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)
 
 TUNING_DIR = "tuning"  # under --output: the trials' checkpoints and the workers' logs
 LOOPBACK = "127.0.0.1"
@@ -144,7 +145,7 @@ def supervise(worker_command: Callable[[str, str], List[str]], examples: str, hp
   computed = precompute(train_files, eval_files, hp, space, cache_dir)
   chief = Chief(space, hp.seed, directory, host, port, workers)
   address = f"{LOOPBACK if host in ('0.0.0.0', '') else host}:{chief.port}"
-  log.info("chief oracles on %s:%d (heads) and :%d (depth)", host, chief.port,
+  story.info("chief oracles on %s:%d (heads) and :%d (depth)", host, chief.port,
            chief.port + DEPTH_PORT_OFFSET)
   processes: Dict[str, subprocess.Popen] = {}
   log_files = {f"tuner{k}": os.path.join(logs, f"tuner{k}.log") for k in range(workers)}
