@@ -139,10 +139,9 @@ def _tuning_html(summary):
   for stage, content in summary["stages"].items():
     trials = content["trials"]
     names = sorted({name for trial in trials for name in trial["hyperparameters"]})
-    # Heads are ranked by accuracy, depths by loss: the summary names each stage's objective.
-    maximize = "accuracy" in summary["objective"][stage]
-    ranked = sorted(trials, key=lambda t: (t["score"] is None,
-                                           -(t["score"] or 0) if maximize else t["score"] or 0))
+    # As the search ranks them: accuracy, then the lower loss (tuning/trials.py rank).
+    ranked = sorted(trials, key=lambda t: (t["score"] is None, -(t["score"] or 0),
+                                           t["val_loss"] or 0))
     rows = [[t["trial"], t["worker"] or "", _number(t["val_loss"], 4),
              _number(t["val_accuracy"], 4), _number(t["epochs"], 0), _number(t["seconds"], 1),
              *[t["hyperparameters"].get(name, "") for name in names],
@@ -152,7 +151,12 @@ def _tuning_html(summary):
                  + _table(["trial", "worker", "val_loss", "val_accuracy", "epochs", "seconds",
                            *names, "status"], rows))
   paid_off = summary["fine_tuning_paid_off"]
-  parts.append(f"<p>Fine-tuning {'paid off' if paid_off else 'did not pay off'}. "
+  extraction, tuned = summary["feature_extraction"], summary["best_fine_tune"]
+  measured = (f": on the eval split, the best fine-tuning reached accuracy "
+              f"{_number(tuned['val_accuracy'], 4)} (loss {_number(tuned['val_loss'], 4)}) "
+              f"against the head's {_number(extraction['eval_val_accuracy'], 4)} "
+              f"({_number(extraction['eval_val_loss'], 4)})" if tuned else " (not tried)")
+  parts.append(f"<p>Fine-tuning {'paid off' if paid_off else 'did not pay off'}{measured}. "
                "The Trainer got:</p>"
                + _table(["hyperparameter", "value"], summary["best_hyperparameters"].items()))
   return "".join(parts)

@@ -198,7 +198,9 @@ def main(argv=None):
   from pipeline import console  # pylint: disable=import-outside-toplevel
 
   output = getattr(args, "output", None) if args.command in OUTPUT_FOLDER_COMMANDS else None
-  with console.session(console.log_dir(output), args.verbose, args.command):
+  # A server's request and error logs belong on its console: containers collect them there.
+  verbose = args.verbose or args.command == "serve"
+  with console.session(console.log_dir(output), verbose, args.command):
     try:
       args.func(args)
     except sources.IngestError as error:

@@ -110,5 +110,6 @@ def _worker_command(args, cache_dir):
       flags.append(f"--{flag}" if value else f"--no-{flag}")
     else:
       flags += [f"--{flag}", str(value)]
-  return lambda address, worker_id: [sys.executable, "-m", "pipeline.cli", "tune", *flags,
+  # -v: a worker's whole log goes to its stdout, the tuner<k>.log the chief keeps for it.
+  return lambda address, worker_id: [sys.executable, "-m", "pipeline.cli", "-v", "tune", *flags,
                                      "--oracle", address, "--worker-id", worker_id]

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
 
-from tuning.space import HEAD_OBJECTIVE, OBJECTIVE, SearchSpace
+from tuning.space import OBJECTIVE, SearchSpace
 
 log = logging.getLogger("headswap")
 
@@ -104,7 +104,7 @@ def stage_oracles(space: SearchSpace, seed: int,
   the head stage must run a trial whatever the time budget: it alone makes a result."""
   deadline = time.time() + space.seconds if space.seconds else None
   seed += 1  # KerasTuner draws a random seed for 0
-  heads = StageOracle(HEADS, HEAD_OBJECTIVE, space.head_hyperparameters(), space.head_trials,
+  heads = StageOracle(HEADS, OBJECTIVE, space.head_hyperparameters(), space.head_trials,
                       seed, deadline, min_trials=1, tuners_to_wait_for=tuners_to_wait_for)
   depth = StageOracle(DEPTH, OBJECTIVE, space.depth_hyperparameters(), space.depth_trials, seed,
                       deadline, after=heads)

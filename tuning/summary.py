@@ -9,14 +9,14 @@ from typing import Any, Dict, List
 import tensorflow as tf
 
 from tuning.oracles import DEPTH, HEADS, StageOracle, Status
-from tuning.space import HEAD_OBJECTIVE, OBJECTIVE
-from tuning.trials import (EPOCHS, FROZEN_OBJECTIVE, TransferTuner, best_hyperparameters, metric,
-                           paid_off)
+from tuning.space import LOSS, OBJECTIVE
+from tuning.trials import (EPOCHS, FROZEN, TransferTuner, best_hyperparameters, best_trial,
+                           metric, paid_off)
 
 
 def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
   return [{"trial": trial.trial_id, "worker": oracle.workers.get(trial.trial_id),
-           "status": trial.status, "score": trial.score, OBJECTIVE: metric(trial, OBJECTIVE),
+           "status": trial.status, "score": trial.score, LOSS: metric(trial, LOSS),
            "val_accuracy": metric(trial, "val_accuracy"), EPOCHS: metric(trial, EPOCHS),
            "seconds": metric(trial, "seconds"),
            "hyperparameters": trial.hyperparameters.values}
@@ -27,12 +27,12 @@ def summarize(heads: StageOracle, depth: StageOracle,
               computed: Dict[str, float]) -> Dict[str, Any]:
   """Every trial of both stages, and whether fine-tuning beat feature extraction."""
   head_rows, depth_rows = _trial_rows(heads), _trial_rows(depth)
-  best_head = _best_first(head_rows, heads.objective.direction == "max")[0]
-  best_tuned = next(iter(_best_first(depth_rows, depth.objective.direction == "max")), None)
-  tuned_trial = next(iter(depth.get_best_trials(1)), None)
+  best_head = _best_first(head_rows)[0]
+  best_tuned = next(iter(_best_first(depth_rows)), None)
+  tuned_trial = best_trial(depth)
   return {
       "best_hyperparameters": best_hyperparameters(heads, depth).values,
-      "objective": {HEADS: HEAD_OBJECTIVE.name, DEPTH: OBJECTIVE},
+      "objective": {HEADS: OBJECTIVE.name, DEPTH: OBJECTIVE.name},
       "stages": {
           HEADS: {"trials": head_rows, "seconds": heads.seconds,
                   "feature_files_computed": computed["feature_files_computed"],
@@ -42,20 +42,22 @@ def summarize(heads: StageOracle, depth: StageOracle,
       # score (val_accuracy) at the trial's best epoch, averaged over the folds of train
       "feature_extraction": {"score": best_head["score"], "epochs": best_head[EPOCHS],
                              "val_accuracy": best_head["val_accuracy"],
-                             OBJECTIVE: best_head[OBJECTIVE],
-                             "eval_score": tuned_trial and metric(tuned_trial, FROZEN_OBJECTIVE)},
+                             LOSS: best_head[LOSS],
+                             # of the head trained on all of train, on the eval split
+                             **{f"eval_{name}": tuned_trial and metric(tuned_trial, frozen)
+                                for name, frozen in FROZEN.items()}},
       "best_fine_tune": best_tuned and {
           "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
-          "epochs": best_tuned[EPOCHS],
+          LOSS: best_tuned[LOSS], "epochs": best_tuned[EPOCHS],
           "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
       "fine_tuning_paid_off": bool(tuned_trial and paid_off(tuned_trial)),
   }
 
 
-def _best_first(rows: List[Dict[str, Any]], maximize: bool) -> List[Dict[str, Any]]:
-  """Scored trials best first, then the unscored ones."""
+def _best_first(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Scored trials best first (tuning/trials.py rank), then the unscored ones."""
   scored = [row for row in rows if row["score"] is not None]
-  return sorted(scored, key=lambda row: row["score"], reverse=maximize) + [
+  return sorted(scored, key=lambda row: (-row["score"], row[LOSS])) + [
       row for row in rows if row["score"] is None]
 
 
@@ -74,9 +76,9 @@ def summary_table(summary: Dict[str, Any]) -> str:
     lines.append(f"{stage}: {len(content['trials'])} trials in {content['seconds']} s; {cache}")
     lines.append(f"  {'trial':>5}  {'worker':8}  {'val_loss':>8}  {'val_acc':>7}  {'epochs':>6}"
                  f"  {'seconds':>7}  hyperparameters")
-    for row in _best_first(content["trials"], summary["objective"][stage] == HEAD_OBJECTIVE.name):
+    for row in _best_first(content["trials"]):
       values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row["hyperparameters"].items()))
-      lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row[OBJECTIVE]):>8}"
+      lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row[LOSS]):>8}"
                    f"  {_number(row['val_accuracy']):>7}  {_seconds(row[EPOCHS]):>6}"
                    f"  {_seconds(row['seconds']):>7}  "
                    f"{values}{'' if row['status'] == Status.COMPLETED else ' ' + row['status']}")
@@ -87,7 +89,7 @@ def summary_table(summary: Dict[str, Any]) -> str:
 def _verdict(summary: Dict[str, Any]) -> str:
   extraction = summary["feature_extraction"]
   measured = (f"feature extraction: val_accuracy {_number(extraction['val_accuracy'])}, "
-              f"{OBJECTIVE} {_number(extraction[OBJECTIVE])} after "
+              f"{LOSS} {_number(extraction[LOSS])} after "
               f"{_seconds(extraction[EPOCHS])} epochs, over the folds of train")
   tuned = summary["best_fine_tune"]
   if not tuned:
@@ -95,9 +97,9 @@ def _verdict(summary: Dict[str, Any]) -> str:
   verdict = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
   blocks = tuned["fine_tune_blocks"]
   return (f"fine-tuning {verdict}: top {blocks} block{'s' * (blocks > 1)} unfrozen reached "
-          f"eval {OBJECTIVE} {_number(tuned['score'])}, val_accuracy "
-          f"{_number(tuned['val_accuracy'])}, against the head's "
-          f"{_number(extraction['eval_score'])}; {measured}")
+          f"eval val_accuracy {_number(tuned['val_accuracy'])}, {LOSS} "
+          f"{_number(tuned[LOSS])}, against the head's {_number(extraction['eval_val_accuracy'])}"
+          f", {_number(extraction['eval_val_loss'])}; {measured}")
 
 
 def _number(value):

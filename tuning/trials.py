@@ -12,7 +12,7 @@ measured numbers.
 
 import dataclasses
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import keras
 import keras_tuner
@@ -25,12 +25,13 @@ from trainer.model import build_classifier, build_head
 from trainer.train import fit_phase
 from tuning.oracles import (DEPTH, DEPTH_PORT_OFFSET, HEADS, StageOracle, Status, oracle_port,
                             stage_oracles)
-from tuning.space import OBJECTIVE, SearchSpace
+from tuning.space import LOSS, OBJECTIVE, SearchSpace
 
-EPOCHS = "epochs"  # a trial's best epoch count: the Trainer's phase 1 trains that many
-# A depth trial's yardstick: the eval split's val_loss of the head it starts from, as the
-# Trainer decides whether to keep phase 2 (head trials are scored on folds of train instead).
-FROZEN_OBJECTIVE = "frozen_val_loss"
+EPOCHS = "epochs"  # a trial's best epoch count: the Trainer trains its phase that many
+# A depth trial's yardstick: the eval split's val_accuracy and val_loss of the head it starts
+# from (head trials are scored on folds of train instead).
+FROZEN = {OBJECTIVE.name: "frozen_val_accuracy", LOSS: "frozen_val_loss"}
+EVERY_TRIAL = 1 << 30  # as get_best_trials' count
 
 
 class Splits:
@@ -72,11 +73,12 @@ def _cache_counts(outputs: feature_cache.FrozenOutputs, feature_seconds: float):
           "activation_files_computed": outputs.computed[feature_cache.ACTIVATIONS]}
 
 
-def _best_epoch(history: Dict[str, List[float]], started: float) -> Dict[str, float]:
-  """The trial's metrics for the oracle: its best epoch, and its wall time."""
-  best = int(np.argmin(history[OBJECTIVE]))
-  return {OBJECTIVE: history[OBJECTIVE][best], "val_accuracy": history["val_accuracy"][best],
-          EPOCHS: best + 1, "seconds": round(time.time() - started, 2)}
+def _best_epoch(accuracy, loss, started: float) -> Dict[str, float]:
+  """The trial's metrics for the oracle from its per-epoch curves: its best epoch (the
+  highest accuracy, the lower loss among equals), and its wall time."""
+  best = int(np.lexsort((loss, -np.asarray(accuracy)))[0])
+  return {OBJECTIVE.name: float(accuracy[best]), LOSS: float(loss[best]), EPOCHS: best + 1,
+          "seconds": round(time.time() - started, 2)}
 
 
 class _HeadTuner(keras_tuner.Tuner):
@@ -114,11 +116,8 @@ class _HeadTuner(keras_tuner.Tuner):
                               data.examples_of(features[:images][held], labels[:images][held]),
                               values, values.feature_batch_size, epochs, stop_early=False,
                               restart=fold > 0))
-    accuracy, loss = (np.mean([curve[name] for curve in curves], axis=0)
-                      for name in ("val_accuracy", OBJECTIVE))
-    best = int(np.lexsort((loss, -accuracy))[0])
-    return {"val_accuracy": float(accuracy[best]), OBJECTIVE: float(loss[best]),
-            EPOCHS: best + 1, "seconds": round(time.time() - started, 2)}
+    return _best_epoch(*(np.mean([curve[name] for curve in curves], axis=0)
+                         for name in (OBJECTIVE.name, LOSS)), started)
 
 
 class TransferTuner(keras_tuner.Tuner):
@@ -160,24 +159,25 @@ class TransferTuner(keras_tuner.Tuner):
 
   def _head(self) -> Tuple[keras.Model, Dict[str, Any], float]:
     """Stage 1's best head trained as the Trainer's phase 1 will train it (every training
-    image, the cross-validated epoch count), its values and its val_loss on the eval split:
-    final, since the depth oracle hands out no trial before stage 1 has ended everywhere."""
+    image, the cross-validated epoch count), its values and its FROZEN metrics on the eval
+    split: final, since the depth oracle hands out no trial before stage 1 has ended
+    everywhere."""
     if self._best_head is None:
-      values = head_values(self._head_tuner.oracle.get_best_trials(1)[0])
+      values = head_values(best_trial(self._head_tuner.oracle))
       hp = dataclasses.replace(self._base_hp, **values)
       train_outputs, eval_outputs = self._splits.outputs.pooled_features()
       head = build_head(train_outputs[0].shape[-1], self._num_classes, hp, seeded=True)
       history = fit_phase(head, hp.learning_rate, data.examples_of(*train_outputs),
                           data.examples_of(*eval_outputs), hp, hp.feature_batch_size,
                           hp.epochs, stop_early=hp.stop_early)
-      self._best_head = head, values, history[OBJECTIVE][-1]
+      self._best_head = head, values, {FROZEN[name]: history[name][-1] for name in FROZEN}
     return self._best_head
 
   def run_trial(self, trial, *args, **kwargs):
     """The best head fine-tuned with the top blocks unfrozen, as the Trainer's phase 2 does
     it: on cached activations of the frozen bottom blocks, or on augmented images."""
     started = time.time()
-    head, values, frozen_loss = self._head()
+    head, values, frozen = self._head()
     hp = trial.hyperparameters
     for name, value in values.items():
       hp.Fixed(name, value)
@@ -203,7 +203,7 @@ class TransferTuner(keras_tuner.Tuner):
     finally:
       base.trainable = False
       base.set_weights(self._splits.base_weights)
-    return {**_best_epoch(history, started), FROZEN_OBJECTIVE: frozen_loss}
+    return {**_best_epoch(history[OBJECTIVE.name], history[LOSS], started), **frozen}
 
   def get_best_hyperparameters(self, num_trials=1):
     return [best_hyperparameters(self.heads_oracle, self.oracle)]
@@ -223,21 +223,35 @@ def head_values(trial) -> Dict[str, Any]:
 def best_hyperparameters(heads: StageOracle, depth: StageOracle) -> keras_tuner.HyperParameters:
   """What the Trainer gets: the best fine-tune trial and its best epoch count if it beat
   feature extraction (the best head), else the best head with fine_tune_blocks 0."""
-  head = heads.get_best_trials(1)[0]
-  tuned = [trial for trial in depth.get_best_trials(1) if trial.status == Status.COMPLETED]
-  if tuned and paid_off(tuned[0]):
-    chosen = tuned[0].hyperparameters.copy()
+  tuned = best_trial(depth)
+  if tuned and paid_off(tuned):
+    chosen = tuned.hyperparameters.copy()
     # Phase 2 trains as long as the trial's best epoch, with no early stopping (as phase 1).
-    chosen.Fixed("fine_tune_epochs", int(metric(tuned[0], EPOCHS)))
+    chosen.Fixed("fine_tune_epochs", int(metric(tuned, EPOCHS)))
     return chosen
   chosen = keras_tuner.HyperParameters()
-  for name, value in {**head_values(head), "fine_tune_blocks": 0}.items():
+  for name, value in {**head_values(best_trial(heads)), "fine_tune_blocks": 0}.items():
     chosen.Fixed(name, value)
   return chosen
 
 
+def best_trial(oracle: StageOracle):
+  """The completed trial with the highest accuracy, the lower loss among equals (None: no
+  trial completed). `oracle` may be a worker's client of the chief's oracle, which lists
+  trials through get_best_trials only."""
+  completed = [trial for trial in oracle.get_best_trials(EVERY_TRIAL)
+               if trial.status == Status.COMPLETED]
+  return max(completed, key=rank, default=None)
+
+
+def rank(trial) -> Tuple[float, float]:
+  return metric(trial, OBJECTIVE.name), -metric(trial, LOSS)
+
+
 def paid_off(depth_trial) -> bool:
-  return depth_trial.score < metric(depth_trial, FROZEN_OBJECTIVE)
+  """Fine-tuning beat the head it started from on the eval split, as the stages rank."""
+  return rank(depth_trial) > (metric(depth_trial, FROZEN[OBJECTIVE.name]),
+                              -metric(depth_trial, FROZEN[LOSS]))
 
 
 def metric(trial, name):
