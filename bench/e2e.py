@@ -78,7 +78,11 @@ def headswap_results(output, run: Measured):
 
     summary = read_json(os.path.join(model_run.uri, SUMMARY_FILE)) or {}
     results["training"] = {key: value for key, value in summary.items() if key != "hparams"}
-    results["training"]["backbone"] = summary.get("hparams", {}).get("backbone")
+    hparams = summary.get("hparams", {})
+    # As bench/frozen_features.py names a base: NAME@SIZE only when the run gave a size (at
+    # their native sizes, backbones side by side differ from all at the largest one).
+    results["training"]["backbone"] = (f"{hparams.get('backbone')}@{hparams['image_size']}"
+                                       if hparams.get("image_size") else hparams.get("backbone"))
     results["model_run"] = model_run.uri
   from components import features
 
@@ -90,8 +94,7 @@ def headswap_results(output, run: Measured):
 
 
 def probes(data, training, model_run):
-  """On the frozen pooled features of the run's base (its backbones at its image size,
-  decoded as the pipeline decodes), test accuracy of a logistic regression fitted on all of
+  """On the frozen pooled features of the run's base (decoded as the pipeline decodes), test accuracy of a logistic regression fitted on all of
   train/ (C by 5-fold CV), and of the Trainer's head after phase 1 (trainer/task.py
   FROZEN_HEAD_FILE): the yardstick the pipeline must not lose to, and what phase 2 added."""
   import frozen_features
@@ -99,7 +102,7 @@ def probes(data, training, model_run):
 
   from trainer.task import FROZEN_HEAD_FILE
 
-  backbone = f"{training['backbone']}@{training['image_size']}"
+  backbone = training["backbone"]
   cache = tempfile.mkdtemp(prefix="headswap-probe-")
   try:
     features = frozen_features.backbone_features(

@@ -50,7 +50,7 @@ def pixels_of(images, image_size):
   from trainer import preprocessing
 
   dataset = tf.data.Dataset.from_tensor_slices(images).map(
-      lambda one: tf.cast(tf.round(preprocessing.decode_image(one, image_size)), tf.uint8),
+      lambda one: tf.cast(preprocessing.decode_image(one, image_size), tf.uint8),
       num_parallel_calls=tf.data.AUTOTUNE)
   return np.stack(list(dataset.as_numpy_iterator()))
 

@@ -33,7 +33,7 @@ def decoded_images(file_patterns: List[str], image_size: int) -> tf.data.Dataset
   def decode(serialized):
     parsed = tf.io.parse_single_example(serialized, preprocessing.EXAMPLE_SPEC)
     pixels = preprocessing.decode_image(parsed[features.IMAGE], image_size)
-    return tf.cast(tf.round(pixels), tf.uint8), parsed[features.LABEL]
+    return tf.cast(pixels, tf.uint8), parsed[features.LABEL]
 
   # Across workers (MultiWorkerMirroredStrategy) shard examples, not files: ExampleGen may
   # write fewer files than there are workers.
