@@ -10,7 +10,10 @@ the best head with fine_tune_blocks 0. The summary (tuning/summary.py) says whic
 measured numbers.
 """
 
+import contextlib
 import dataclasses
+import io
+import logging
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -27,6 +30,7 @@ from tuning.oracles import (DEPTH, DEPTH_PORT_OFFSET, HEADS, StageOracle, Status
                             stage_oracles)
 from tuning.space import LOSS, OBJECTIVE, SearchSpace
 
+log = logging.getLogger("headswap")
 EPOCHS = "epochs"  # a trial's best epoch count: the Trainer trains its phase that many
 # A depth trial's yardstick: the eval split's val_accuracy and val_loss of the head it starts
 # from (head trials are scored on folds of train instead).
@@ -205,12 +209,26 @@ class TransferTuner(keras_tuner.Tuner):
       base.set_weights(self._splits.base_weights)
     return {**_best_epoch(history[OBJECTIVE.name], history[LOSS], started), **frozen}
 
+  # KerasTuner prints these (TFX's Tuner executor asks for both): to the log, not the console.
+  def search_space_summary(self, extended=False):
+    _log_printed(super().search_space_summary, extended)
+
+  def results_summary(self, num_trials=10):
+    _log_printed(super().results_summary, num_trials)
+
   def get_best_hyperparameters(self, num_trials=1):
     return [best_hyperparameters(self.heads_oracle, self.oracle)]
 
   def cache_counts(self) -> Dict[str, float]:
     """What this tuner's search computed for the cache, for the summary (tuning/summary.py)."""
     return _cache_counts(self._splits.outputs, self._feature_seconds)
+
+
+def _log_printed(function, *args) -> None:
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    function(*args)
+  log.info("%s", printed.getvalue().strip())
 
 
 def head_values(trial) -> Dict[str, Any]:
