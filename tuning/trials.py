@@ -142,7 +142,7 @@ class TransferTuner(keras_tuner.Tuner):
     self._feature_cache_dir = feature_cache_dir
     self._overwrite = overwrite
     self._head_tuner: Optional[_HeadTuner] = None
-    self._best_head: Optional[Tuple[keras.Model, Dict[str, Any], float]] = None
+    self._best_head: Optional[Tuple[keras.Model, Dict[str, Any], Dict[str, float]]] = None
     self._splits: Optional[Splits] = None
     self._feature_seconds = 0.0
 
@@ -161,7 +161,7 @@ class TransferTuner(keras_tuner.Tuner):
     self._head_tuner.search(train_outputs, self._space.head_epochs)
     super().search(*args, **kwargs)
 
-  def _head(self) -> Tuple[keras.Model, Dict[str, Any], float]:
+  def _head(self) -> Tuple[keras.Model, Dict[str, Any], Dict[str, float]]:
     """Stage 1's best head trained as the Trainer's phase 1 will train it (every training
     image, the cross-validated epoch count), its values and its FROZEN metrics on the eval
     split: final, since the depth oracle hands out no trial before stage 1 has ended
