@@ -31,6 +31,7 @@ $(VENV)/.installed: requirements.lock setup.py
 	test -x $(VENV)/bin/python || $(PYTHON310) -m venv $(VENV)
 	sed -n '/^uv==/,/[^\\]$$/p' requirements.lock | \
 		$(VENV)/bin/python -m pip install -q --require-hashes -r /dev/stdin
-	$(VENV)/bin/python -m uv pip sync --require-hashes --python $(VENV)/bin/python requirements.lock
-	$(VENV)/bin/python -m uv pip install --python $(VENV)/bin/python --no-deps -e .
+	@echo "installing requirements.lock into $(VENV) (about a minute)"
+	$(VENV)/bin/python -m uv pip sync -q --require-hashes --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/python -m uv pip install -q --python $(VENV)/bin/python --no-deps -e .
 	touch $@
