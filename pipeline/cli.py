@@ -146,9 +146,16 @@ def cmd_ingest(args):
 
 
 def cmd_run(args):
+  from components import filesystem
   from evaluation.report import write_report
+  from evaluation.tfma_results import ACCURACY, overall_metrics
 
   artifacts = _run_pipeline(args, "all")
+  if "Evaluator.evaluation" in artifacts:  # the closing summary: what the gate measured
+    accuracy = overall_metrics(artifacts["Evaluator.evaluation"])["candidate"][ACCURACY, None]
+    blessed = filesystem.exists(os.path.join(artifacts["Evaluator.blessing"], "BLESSED"))
+    print(f"accuracy {accuracy:.4f} on the gate's split: "
+          f"{'blessed and pushed' if blessed else 'not blessed, not pushed'}")
   print(f"report: {write_report(os.path.join(args.output, 'report'), artifacts)}")
 
 
@@ -175,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("--tune-seconds", type=float, help="time budget of the search")
   run.add_argument("--accuracy-threshold", type=float,
                    help="the Evaluator blesses (and the Pusher ships) only models at least this "
-                        "accurate on the eval split (default: halfway from chance, 1/classes, "
+                        "accurate on the gate's split, test/ if given, else eval (default: "
+                        "halfway from chance, 1/classes, "
                         "to 1: 0.75 for two classes, 0.55 for ten)")
   run.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="... and no more than this below the most accurate blessed model")
