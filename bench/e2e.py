@@ -94,8 +94,9 @@ def headswap_results(output, run: Measured):
 
 
 def probes(data, training, model_run):
-  """On the frozen pooled features of the run's base (decoded as the pipeline decodes), test accuracy of a logistic regression fitted on all of
-  train/ (C by 5-fold CV), and of the Trainer's head after phase 1 (trainer/task.py
+  """On the frozen pooled features of the run's base (decoded as the pipeline decodes), test
+  accuracy of a logistic regression fitted on all of train/ (C by 5-fold CV), and of the
+  Trainer's head after phase 1 (trainer/task.py
   FROZEN_HEAD_FILE): the yardstick the pipeline must not lose to, and what phase 2 added."""
   import frozen_features
   import keras

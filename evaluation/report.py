@@ -24,7 +24,7 @@ from PIL import Image  # pylint: disable=wrong-import-position
 from components import features  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
 from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
-from evaluation.tfma_results import candidate_results  # pylint: disable=wrong-import-position
+from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -135,17 +135,15 @@ def _training_html(model_run, folder):
 
 def _tuning_html(summary):
   """Each stage's trials, best first, one column per hyperparameter; then the verdict."""
+  from tuning.summary import best_first  # pylint: disable=import-outside-toplevel
   parts = []
   for stage, content in summary["stages"].items():
     trials = content["trials"]
     names = sorted({name for trial in trials for name in trial["hyperparameters"]})
-    # As the search ranks them: accuracy, then the lower loss (tuning/trials.py rank).
-    ranked = sorted(trials, key=lambda t: (t["score"] is None, -(t["score"] or 0),
-                                           t["val_loss"] or 0))
     rows = [[t["trial"], t["worker"] or "", _number(t["val_loss"], 4),
              _number(t["val_accuracy"], 4), _number(t["epochs"], 0), _number(t["seconds"], 1),
              *[t["hyperparameters"].get(name, "") for name in names],
-             "" if t["status"] == "COMPLETED" else t["status"]] for t in ranked]
+             "" if t["status"] == "COMPLETED" else t["status"]] for t in best_first(trials)]
     parts.append(f"<h3>{html.escape(stage)}: {len(trials)} trials in {content['seconds']} s, "
                  f"ranked by {html.escape(summary['objective'][stage])}</h3>"
                  + _table(["trial", "worker", "val_loss", "val_accuracy", "epochs", "seconds",
@@ -175,7 +173,6 @@ def _cell(value):
   text = html.escape(str(value))
   numeric = not isinstance(value, bool) and re.fullmatch(r"-?[\d.]+(e-?\d+)?%?", str(value))
   return f"<td class='n'>{text}</td>" if numeric else f"<td>{text}</td>"
-
 
 
 def _phases_html(summary):
@@ -260,7 +257,6 @@ def _gate_html(artifacts, num_classes):
 
   from pipeline.baseline import evaluated_accuracies
   evaluation = artifacts["Evaluator.evaluation"]
-  blessed = tf.io.gfile.exists(os.path.join(artifacts["Evaluator.blessing"], "BLESSED"))
   eval_config, _, _, model_locations = eval_config_writer.load_eval_run(evaluation)
   threshold, = [metric.threshold for spec in eval_config.metrics_specs
                 for metric in spec.metrics if metric.HasField("threshold")]
@@ -279,7 +275,8 @@ def _gate_html(artifacts, num_classes):
   reasons = [f"{failure.metric_key.name}: {failure.metric_value} ({failure.message})"
              for failing in result.metric_validations_per_slice
              for failure in failing.failures]
-  verdict = "BLESSED and pushed" if blessed else "NOT blessed: not pushed"
+  verdict = ("BLESSED and pushed" if blessed(artifacts["Evaluator.blessing"])
+             else "NOT blessed: not pushed")
   items = "".join(f"<li>{html.escape(reason)}</li>" for reason in reasons)
   return (f"<p><b>{verdict}</b></p><p>The gate:</p><ul>"
           + "".join(f"<li>{rule}</li>" for rule in rules) + "</ul>"

@@ -2,10 +2,13 @@
 gate's baseline all take their numbers from here, so they cannot disagree."""
 
 import math
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow_model_analysis as tfma
+
+from components import filesystem
 
 ACCURACY = "sparse_categorical_accuracy"  # the gated metric (pipeline.eval_config)
 CONFUSION = "multi_class_confusion_matrix_plot"
@@ -32,6 +35,11 @@ def overall_metrics(evaluation_uri: str) -> Dict[str, MetricValues]:
       models.setdefault(entry.key.model_name or "candidate", {})[entry.key.name, class_id] = (
           None if math.isnan(value) else value)
   return models
+
+
+def blessed(blessing_uri: str) -> bool:
+  """Whether the Evaluator blessed the model (its ModelBlessing holds a BLESSED file)."""
+  return filesystem.exists(os.path.join(blessing_uri, "BLESSED"))
 
 
 def candidate_results(evaluation_uri: str, class_names: List[str]) -> Dict[str, Any]:

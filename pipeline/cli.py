@@ -146,16 +146,16 @@ def cmd_ingest(args):
 
 
 def cmd_run(args):
-  from components import filesystem
   from evaluation.report import write_report
-  from evaluation.tfma_results import ACCURACY, overall_metrics
+  from evaluation.tfma_results import blessed
+  from pipeline.baseline import evaluated_accuracies
 
   artifacts = _run_pipeline(args, "all")
   if "Evaluator.evaluation" in artifacts:  # the closing summary: what the gate measured
-    accuracy = overall_metrics(artifacts["Evaluator.evaluation"])["candidate"][ACCURACY, None]
-    blessed = filesystem.exists(os.path.join(artifacts["Evaluator.blessing"], "BLESSED"))
-    print(f"accuracy {accuracy:.4f} on the gate's split: "
-          f"{'blessed and pushed' if blessed else 'not blessed, not pushed'}")
+    accuracy = evaluated_accuracies(artifacts["Evaluator.evaluation"])["candidate"]
+    verdict = ("blessed and pushed" if blessed(artifacts["Evaluator.blessing"])
+               else "not blessed, not pushed")
+    print(f"accuracy {accuracy:.4f} on the gate's split: {verdict}")
   print(f"report: {write_report(os.path.join(args.output, 'report'), artifacts)}")
 
 

@@ -223,8 +223,7 @@ def session(folder: str, verbose: bool = False, command: str = "") -> Iterator[s
     story.info("done in %.1f s; full log: %s", time.monotonic() - started, path)
   finally:
     logging.captureWarnings(False)
-    for handler in (to_log,):
-      root.removeHandler(handler)
+    root.removeHandler(to_log)
     logging.getLogger("headswap").removeHandler(to_screen)
     root.setLevel(old_root[0])
     for handler in old_root[1]:

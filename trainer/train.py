@@ -54,10 +54,14 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   train_images = data.decoded_images(train_files, image_size)
   eval_images = data.decoded_images(eval_files, image_size)
 
+  def fitted(train_examples, eval_examples):
+    """The examples a phase fits: with hp.fit_eval_split the eval split's too, after train's."""
+    return train_examples.concatenate(eval_examples) if hp.fit_eval_split else train_examples
+
   def fit(model, learning_rate, train_examples, eval_examples, phase, initial_epoch, epochs,
           augment, batch_size=global_batch):
     if hp.fit_eval_split:  # the eval split trains too: nothing is left to validate on
-      train_examples, eval_examples = train_examples.concatenate(eval_examples), None
+      train_examples, eval_examples = fitted(train_examples, eval_examples), None
     return fit_phase(model, learning_rate, train_examples, eval_examples, hp, batch_size,
                      epochs, initial_epoch=initial_epoch, augment=augment,
                      stop_early=hp.stop_early, strategy=strategy,
@@ -65,10 +69,6 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                      run_dir=os.path.join(run_dir, "tensorboard", phase) if is_chief() else None,
                      # Per worker: Keras's backup file cannot take two writers.
                      backup_dir=os.path.join(run_dir, "backup", task_name(), phase))
-
-  def fitted(train_examples, eval_examples):
-    """The examples the shipped model is fitted on, unaugmented, in TrainingRun's order."""
-    return train_examples.concatenate(eval_examples) if hp.fit_eval_split else train_examples
 
   # With both fast paths the images go through the base once, to the fine-tuning cut.
   deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0

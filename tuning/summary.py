@@ -27,8 +27,8 @@ def summarize(heads: StageOracle, depth: StageOracle,
               computed: Dict[str, float]) -> Dict[str, Any]:
   """Every trial of both stages, and whether fine-tuning beat feature extraction."""
   head_rows, depth_rows = _trial_rows(heads), _trial_rows(depth)
-  best_head = _best_first(head_rows)[0]
-  best_tuned = next(iter(_best_first(depth_rows)), None)
+  best_head = best_first(head_rows)[0]
+  best_tuned = next(iter(best_first(depth_rows)), None)
   tuned_trial = best_trial(depth)
   return {
       "best_hyperparameters": best_hyperparameters(heads, depth).values,
@@ -54,7 +54,7 @@ def summarize(heads: StageOracle, depth: StageOracle,
   }
 
 
-def _best_first(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def best_first(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """Scored trials best first (tuning/trials.py rank), then the unscored ones."""
   scored = [row for row in rows if row["score"] is not None]
   return sorted(scored, key=lambda row: (-row["score"], row[LOSS])) + [
@@ -76,7 +76,7 @@ def summary_table(summary: Dict[str, Any]) -> str:
     lines.append(f"{stage}: {len(content['trials'])} trials in {content['seconds']} s; {cache}")
     lines.append(f"  {'trial':>5}  {'worker':8}  {'val_loss':>8}  {'val_acc':>7}  {'epochs':>6}"
                  f"  {'seconds':>7}  hyperparameters")
-    for row in _best_first(content["trials"]):
+    for row in best_first(content["trials"]):
       values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row["hyperparameters"].items()))
       lines.append(f"  {row['trial']:>5}  {row['worker'] or '-':8}  {_number(row[LOSS]):>8}"
                    f"  {_number(row['val_accuracy']):>7}  {_seconds(row[EPOCHS]):>6}"
