@@ -6,7 +6,8 @@ Runs `headswap run --data <cats_vs_dogs> --output <new folder>` (train/, and tes
 user-given test split; tuner on) in a subprocess and prints one JSON object: the gate's
 accuracy and per-class precision/recall/F1 on test/ (TFMA's), wall seconds per component (ML
 Metadata's execution create and last-update times) and in total, peak memory (RSS of the process tree,
-sampled, and the largest process's max RSS), whether the gate blessed and the Pusher pushed,
+sampled, and the largest process's max RSS), compute (the base's pass, trials, training phases)
+apart from everything else, whether the gate blessed and the Pusher pushed,
 the tuned values. Flags it does not know go to `headswap run` (e.g. `--epochs 1 --no-tune` for
 a smoke run). --compare then runs bench/seed_baseline.py (the seeds' tutorial) in the same
 invocation and adds the ratio of the wall times, headswap / seed. --probe (on by default) adds,
@@ -68,6 +69,9 @@ def headswap_results(output, run: Measured):
       "blessed": _flag(artifacts.get("Evaluator.blessing"), "blessed"),
       "pushed": _flag(artifacts.get("Pusher.pushed_model"), "pushed"),
   }
+  tuning = None
+  if "Tuner.tuner_results" in artifacts:
+    tuning = read_json(os.path.join(artifacts["Tuner.tuner_results"].uri, "tuning_summary.json"))
   hyperparameters = artifacts.get("Tuner.best_hyperparameters")
   if hyperparameters:
     results["tuned"] = read_json(os.path.join(hyperparameters.uri,
@@ -79,11 +83,14 @@ def headswap_results(output, run: Measured):
     summary = read_json(os.path.join(model_run.uri, SUMMARY_FILE)) or {}
     results["training"] = {key: value for key, value in summary.items() if key != "hparams"}
     hparams = summary.get("hparams", {})
-    # As bench/frozen_features.py names a base: NAME@SIZE only when the run gave a size (at
-    # their native sizes, backbones side by side differ from all at the largest one).
+    # As bench/frozen_features.py names a base: NAME@SIZE unless at native sizes (0; side by
+    # side, each backbone at its own, which differs from all at the largest one).
     results["training"]["backbone"] = (f"{hparams.get('backbone')}@{hparams['image_size']}"
                                        if hparams.get("image_size") else hparams.get("backbone"))
     results["model_run"] = model_run.uri
+  results["wall_seconds"]["compute"] = compute_seconds(tuning, results.get("training"))
+  results["wall_seconds"]["everything_else"] = round(
+      run.wall_seconds - sum(results["wall_seconds"]["compute"].values()), 1)
   from components import features
 
   ingest = read_json(os.path.join(examples, features.REPORT_FILE))
@@ -91,6 +98,24 @@ def headswap_results(output, run: Measured):
     # With a test split, the gate's Evaluator scored the shipped model on it.
     results.update(test_metrics(artifacts["Evaluator.evaluation"].uri, ingest["class_names"]))
   return results
+
+
+def compute_seconds(tuning, training):
+  """The run's compute as its own summaries timed it: the base's pass over the training photos
+  (in the Tuner, to the fine-tuning cut and the pooled features, every view), the trials'
+  training, the Trainer's two phases. Everything else is what headswap costs beyond compute,
+  the Evaluator's and the report's passes over the held-out photos among it."""
+  seconds = {}
+  if tuning:
+    stages = tuning["stages"]
+    seconds["base_pass"] = stages["heads"]["feature_seconds"]
+    for stage in ("heads", "depth"):
+      seconds[f"{stage}_trials"] = round(sum(trial["seconds"] or 0
+                                             for trial in stages[stage]["trials"]), 1)
+  for phase in ("frozen", "fine_tune"):
+    if training and phase in training:
+      seconds[f"trainer_{phase}"] = training[phase]["seconds"]
+  return seconds
 
 
 def probes(data, training, model_run):

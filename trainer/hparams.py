@@ -17,7 +17,11 @@ class HParams:
   # (71.4). The base's cost per image is ~3.8x Lite0's.
   backbone: str = "efficientnet_lite1+efficientnet_lite2"
   weights: str = "imagenet"  # "imagenet", a weights file, or "none" (random: tests only)
-  image_size: int = 0  # 0: the backbone's native size
+  # Larger than the backbones' native 240 and 260 px: features of a net trained on random
+  # crops are better taken from larger images ("FixRes", Touvron et al. 2019). Frozen features,
+  # project head on image + mirror: cat_breeds 71.4% native, 76.4% at 300, 76.9% at 330 (1.4x
+  # and 1.7x the base's compute); cats_vs_dogs, whole pipeline: 99.0% native, 99.4% at 300.
+  image_size: int = 300  # 0: the backbone's native size
   head_units: int = 0  # 0: no hidden dense layer, pooled features straight to the softmax
   dropout: float = 0.2
   learning_rate: float = 1e-3
