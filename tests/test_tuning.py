@@ -103,7 +103,7 @@ def test_features_are_computed_once_however_many_trials(job, in_process, distrib
       log = f.read()
     assert "INFO headswap.console" in log  # the worker's whole log (-v: the log's format)
     assert "computing" not in log  # nothing computed (trainer/feature_cache.py logs that)
-  assert len(glob.glob(str(root / "cache" / "*.npz"))) == 2 + 2 * len(every_depth)
+  assert len(glob.glob(str(root / "cache" / "*.npy"))) == 2 + 2 * len(every_depth)
 
 
 def test_distributed_search_splits_trials_between_workers(distributed):
