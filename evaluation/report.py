@@ -23,8 +23,8 @@ from PIL import Image  # pylint: disable=wrong-import-position
 
 from components import features  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
-from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
 from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
+from trainer.export import EXAMPLES_INPUT, PROBABILITIES  # pylint: disable=wrong-import-position
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -39,6 +39,27 @@ def read_split(examples_uri: str, split: str) -> Dict[str, list]:
   for parsed in _parsed_examples(examples_uri, split):
     for key in columns:
       columns[key].append(parsed[key].numpy())
+  return columns
+
+
+def read_predictions(inference_uri: str) -> Dict[str, list]:
+  """The BulkInferrer's output: per image of the split it ran on, its encoded image, label,
+  file name (from the tf.Example it was fed) and the model's probabilities."""
+  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=import-outside-toplevel
+  columns = {key: [] for key in (features.IMAGE, features.LABEL, features.FILENAME)}
+  probabilities = []
+  files = tf.io.gfile.glob(os.path.join(inference_uri, "prediction_logs-*"))
+  for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+    predicted = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log
+    examples = predicted.request.inputs[EXAMPLES_INPUT].string_val
+    probabilities.append(tf.make_ndarray(predicted.response.outputs[PROBABILITIES]).reshape(
+        len(examples), -1))
+    for serialized in examples:
+      feature = tf.train.Example.FromString(serialized).features.feature
+      columns[features.IMAGE].append(feature[features.IMAGE].bytes_list.value[0])
+      columns[features.LABEL].append(feature[features.LABEL].int64_list.value[0])
+      columns[features.FILENAME].append(feature[features.FILENAME].bytes_list.value[0])
+  columns[PROBABILITIES] = np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
   return columns
 
 
@@ -63,14 +84,14 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   model_run = artifacts.get("Trainer.model_run")
   if model_run:
     sections.append(("Training", _training_html(model_run, folder)))
-  model = artifacts.get("Trainer.model")
-  if model:
+  if "Trainer.model" in artifacts:
     # The gate's split: the user-given test split if there is one (pipeline/pipeline.py).
     held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
     results = candidate_results(artifacts["Evaluator.evaluation"], ingest["class_names"])
-    classifier = Classifier(os.path.join(model, "Format-Serving"))
+    predictions = read_predictions(artifacts["BulkInferrer.inference_result"])
     sections.append((f"Results on the {held_out} split",
-                     _held_out_html(results, classifier, examples, held_out, folder)))
+                     _held_out_html(results, predictions, ingest["class_names"], held_out,
+                                    folder)))
     sections.append(("Suspected mislabels in the training images",
                      _mislabel_html(model_run, examples, folder)))
   if "Evaluator.blessing" in artifacts:
@@ -192,26 +213,23 @@ def _phases_html(summary):
   return table
 
 
-def _held_out_html(results, classifier, examples, split, folder):
-  """TFMA's numbers, and the images the model was most sure of and wrong about."""
-  names = classifier.class_names
+def _held_out_html(results, predictions, names, split, folder):
+  """TFMA's numbers, and the images the model was most sure of and wrong about (the
+  BulkInferrer's predictions)."""
   order = sorted(range(len(names)), key=lambda i: natural_key(names[i]))
   confusion = results["confusion"]
   rows = [[names[i], *[_number(results["per_class"][names[i]].get(metric), 3)
                        for metric in ("precision", "recall", "f1_score")],
            int(confusion[i].sum())] for i in order]
   matrix_html = _confusion_html(confusion, names, order, folder)
-  # TFMA keeps no per-image output: predicting the split again is the one way to find them.
-  columns = read_split(examples, split)
-  probabilities = classifier.probabilities(columns[features.IMAGE])
-  labels = np.array(columns[features.LABEL], dtype=int)
+  probabilities = predictions[PROBABILITIES]
+  labels = np.array(predictions[features.LABEL], dtype=int)
   predicted = probabilities.argmax(axis=-1)
   wrong = np.flatnonzero(predicted != labels)
   wrong = wrong[np.argsort(-probabilities[wrong].max(axis=-1))][:GRID_SIZE]
-  captions = [f"{columns[features.FILENAME][i].decode()}\ntrue {classifier.class_names[labels[i]]}"
-              f"\npredicted {classifier.class_names[predicted[i]]} "
-              f"{probabilities[i].max():.2f}" for i in wrong]
-  grid = _grid_png([columns[features.IMAGE][i] for i in wrong], captions,
+  captions = [f"{predictions[features.FILENAME][i].decode()}\ntrue {names[labels[i]]}"
+              f"\npredicted {names[predicted[i]]} {probabilities[i].max():.2f}" for i in wrong]
+  grid = _grid_png([predictions[features.IMAGE][i] for i in wrong], captions,
                    os.path.join(folder, "confidently_wrong.png"))
   accuracy = results["accuracy"]
   return (f"<p>accuracy <data class='accuracy' value='{accuracy!r}'>{accuracy:.4f}</data> on "

@@ -8,13 +8,14 @@ from typing import Any, Dict, List, Optional
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 from tensorflow_data_validation.anomalies.proto import custom_validation_config_pb2
-from tfx.components import Evaluator, ExampleValidator, Pusher, SchemaGen, StatisticsGen, Trainer
+from tfx.components import (BulkInferrer, Evaluator, ExampleValidator, Pusher, SchemaGen,
+                            StatisticsGen, Trainer)
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import \
     LatestBlessedModelStrategy
 from tfx.orchestration import pipeline as tfx_pipeline
-from tfx.proto import pusher_pb2, trainer_pb2
+from tfx.proto import bulk_inferrer_pb2, pusher_pb2, trainer_pb2
 from tfx.types import Channel, standard_artifacts
 
 import components
@@ -28,6 +29,7 @@ from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_
                                                   DEFAULT_MAX_PIXELS)
 from pipeline import beam_args
 from pipeline.baseline import BestBlessedModelStrategy
+from trainer.export import EXAMPLES_SIGNATURE, PROBABILITIES
 from tuning.component import Tuner as TransferTuner
 
 
@@ -123,7 +125,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
 
 
 def _training_nodes(config, example_gen, schema_gen):
-  """Tuner, Trainer, then the Evaluator's gate against the best blessed model, the Pusher."""
+  """Tuner, Trainer, then the Evaluator's gate against the best blessed model, the Pusher, and
+  the BulkInferrer's predictions for the report."""
   splits = dict(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
                 train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN]),
                 eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL]))
@@ -174,7 +177,13 @@ def _training_nodes(config, example_gen, schema_gen):
       # The atomic publish renames on one local filesystem; TFX's Pusher also writes gs://.
       custom_executor_spec=None if config.remote or filesystem.is_remote(config.serving_dir)
       else executor_spec.ExecutorClassSpec(atomic_pusher.Executor))
-  return nodes + [trainer_component, baseline, evaluator, pusher]
+  # Per-image predictions on the gate's split for the report's images (TFMA keeps none), blessed
+  # or not: the report shows a rejected model's mistakes too.
+  inferrer = BulkInferrer(
+      examples=example_gen.outputs["examples"], model=trainer_component.outputs["model"],
+      data_spec=bulk_inferrer_pb2.DataSpec(example_splits=[gate_split]),
+      model_spec=bulk_inferrer_pb2.ModelSpec(model_signature_name=[EXAMPLES_SIGNATURE]))
+  return nodes + [trainer_component, baseline, evaluator, pusher, inferrer]
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -196,8 +205,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   if config.num_classes == 2:
     per_class.append(tfma.MetricConfig(class_name="AUC"))
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name="from_examples", label_key=features.LABEL,
-                                  prediction_key="probabilities")],
+      model_specs=[tfma.ModelSpec(signature_name=EXAMPLES_SIGNATURE, label_key=features.LABEL,
+                                  prediction_key=PROBABILITIES)],
       metrics_specs=[
           tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount"), accuracy,
                                     tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")]),

@@ -3,9 +3,12 @@
 Two signatures, one preprocessing path (trainer/preprocessing.py):
   serving_default  images: encoded image bytes [B] (REST: {"b64": ...}), best as ingest
                    stores them (components/image_example_gen/decode.py upright_rgb)
-  from_examples    examples: serialized tf.Example [B] (what the Evaluator feeds)
-Both return probabilities [B, C], class_index [B] and class_name [B]; the class names
-are constants in the graph, so a served model names its classes on its own.
+  from_examples    examples: serialized tf.Example [B] (what the Evaluator and the
+                   BulkInferrer feed)
+Both return probabilities [B, C] and class_index [B]; serving_default also class_name [B]: the
+class names are constants in the graph, so a served model names its classes on its own.
+(from_examples has numeric outputs only: the BulkInferrer's RunInference cannot split a string
+output into per-example logs.)
 """
 
 import json
@@ -21,6 +24,7 @@ SERVING_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "from_examples"
 IMAGES_INPUT = "images"
 EXAMPLES_INPUT = "examples"
+PROBABILITIES = "probabilities"  # the output TFMA scores and the report reads
 METADATA_FILE = "headswap.json"  # in assets.extra: class names and image size for tools
 
 
@@ -38,7 +42,7 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
   def predict(pixels):
     probabilities = model(pixels, training=False)
     class_index = tf.argmax(probabilities, axis=-1)
-    return {"probabilities": probabilities, "class_index": class_index,
+    return {PROBABILITIES: probabilities, "class_index": class_index,
             "class_name": tf.gather(names, class_index)}
 
   predict = predict.get_concrete_function()
@@ -48,7 +52,8 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
 
   def from_examples(examples):
     images, _ = preprocessing.parse_examples(examples)
-    return predict(preprocessing.decode_images(images, image_size))
+    outputs = predict(preprocessing.decode_images(images, image_size))
+    return {name: outputs[name] for name in (PROBABILITIES, "class_index")}
 
   archive = keras.export.ExportArchive()
   archive.track(model)
