@@ -174,7 +174,10 @@ def _tuning_html(summary):
   measured = (f": on the eval split, the best fine-tuning reached accuracy "
               f"{_number(tuned['val_accuracy'], 4)} (loss {_number(tuned['val_loss'], 4)}) "
               f"against the head's {_number(extraction['eval_val_accuracy'], 4)} "
-              f"({_number(extraction['eval_val_loss'], 4)})" if tuned else " (not tried)")
+              f"({_number(extraction['eval_val_loss'], 4)}); to be kept it had to add more "
+              f"than {_number(summary['required_gain'], 4)}, one standard error of the head's "
+              f"accuracy on {extraction['eval_images']} images, what chance alone moves it by"
+              if tuned else " (not tried)")
   parts.append(f"<p>Fine-tuning {'paid off' if paid_off else 'did not pay off'}{measured}. "
                "The Trainer got:</p>"
                + _table(["hyperparameter", "value"], summary["best_hyperparameters"].items()))

@@ -73,8 +73,9 @@ def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_proce
   extraction, tuned = summary["feature_extraction"], summary["best_fine_tune"]
   assert extraction["score"] == max(row["score"] for row in heads)  # accuracy over folds
   assert tuned["score"] == max(row["score"] for row in depth)  # accuracy on the eval split
-  paid_off = ((tuned["score"], -tuned["val_loss"])
-              > (extraction["eval_val_accuracy"], -extraction["eval_val_loss"]))
+  accuracy, images = extraction["eval_val_accuracy"], extraction["eval_images"]
+  assert summary["required_gain"] == pytest.approx((accuracy * (1 - accuracy) / images) ** 0.5)
+  paid_off = tuned["score"] > accuracy + summary["required_gain"]
   assert summary["fine_tuning_paid_off"] is paid_off
   assert f"fine-tuning {'paid off' if paid_off else 'did not pay off'}" in table
   assert best["fine_tune_blocks"] == (tuned["fine_tune_blocks"] if paid_off else 0)

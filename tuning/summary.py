@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from tuning.oracles import DEPTH, HEADS, StageOracle, Status
 from tuning.space import LOSS, OBJECTIVE
-from tuning.trials import (EPOCHS, FROZEN, TransferTuner, best_hyperparameters, best_trial,
-                           metric, paid_off)
+from tuning.trials import (EPOCHS, EVAL_IMAGES, FROZEN, TransferTuner, best_hyperparameters,
+                           best_trial, metric, paid_off, required_gain)
 
 
 def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
@@ -45,12 +45,15 @@ def summarize(heads: StageOracle, depth: StageOracle,
                              LOSS: best_head[LOSS],
                              # of the head trained on all of train, on the eval split
                              **{f"eval_{name}": tuned_trial and metric(tuned_trial, frozen)
-                                for name, frozen in FROZEN.items()}},
+                                for name, frozen in FROZEN.items()},
+                             EVAL_IMAGES: tuned_trial and metric(tuned_trial, EVAL_IMAGES)},
       "best_fine_tune": best_tuned and {
           "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
           LOSS: best_tuned[LOSS], "epochs": best_tuned[EPOCHS],
           "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
       "fine_tuning_paid_off": bool(tuned_trial and paid_off(tuned_trial)),
+      # the eval accuracy fine-tuning had to add to the head's: one standard error of it
+      "required_gain": tuned_trial and required_gain(tuned_trial),
   }
 
 
@@ -99,7 +102,9 @@ def _verdict(summary: Dict[str, Any]) -> str:
   return (f"fine-tuning {verdict}: top {blocks} block{'s' * (blocks > 1)} unfrozen reached "
           f"eval val_accuracy {_number(tuned['val_accuracy'])}, {LOSS} "
           f"{_number(tuned[LOSS])}, against the head's {_number(extraction['eval_val_accuracy'])}"
-          f", {_number(extraction['eval_val_loss'])}; {measured}")
+          f", {_number(extraction['eval_val_loss'])} (it must add more than "
+          f"{_number(summary['required_gain'])}, one standard error on "
+          f"{extraction[EVAL_IMAGES]} images); {measured}")
 
 
 def _number(value):
