@@ -23,8 +23,8 @@ from PIL import Image  # pylint: disable=wrong-import-position
 
 from components import features  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
-from evaluation.predict import Classifier  # pylint: disable=wrong-import-position
 from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
+from trainer.export import ExportedModel  # pylint: disable=wrong-import-position
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -68,7 +68,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
     # The gate's split: the user-given test split if there is one (pipeline/pipeline.py).
     held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
     results = candidate_results(artifacts["Evaluator.evaluation"], ingest["class_names"])
-    classifier = Classifier(os.path.join(model, "Format-Serving"))
+    classifier = ExportedModel(os.path.join(model, "Format-Serving"))
     sections.append((f"Results on the {held_out} split",
                      _held_out_html(results, classifier, examples, held_out, folder)))
     sections.append(("Suspected mislabels in the training images",
