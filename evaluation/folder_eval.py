@@ -7,12 +7,12 @@ import numpy as np
 from components import features
 from components.image_example_gen import decode, sources
 from evaluation.metrics import classification_report
-from evaluation.predict import Classifier
+from trainer import export
 
 
 def evaluate_folder(model_path: str, data: str, labels_csv: Optional[str] = None,
                     max_pixels: int = sources.DEFAULT_MAX_PIXELS) -> Dict[str, Any]:
-  classifier = Classifier(model_path)
+  classifier = export.ExportedModel(export.resolve_saved_model(model_path))
   listing = sources.list_images(data, labels_csv)
   unknown = sorted(set(listing.class_names) - set(classifier.class_names))
   if unknown:

@@ -27,16 +27,10 @@ from components.atomic_pusher import executor as atomic_pusher
 from components.image_example_gen.component import ImageExampleGen
 from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
                                                   DEFAULT_MAX_PIXELS)
-from pipeline import beam_args
+from pipeline import beam_args, gate
 from pipeline.baseline import BestBlessedModelStrategy
 from trainer.export import EXAMPLES_SIGNATURE, PROBABILITIES
 from tuning.component import Tuner as TransferTuner
-
-
-# The default accuracy floor lies this share of the way from chance (1/classes) to 1: 0.75 for two
-# classes, 0.55 for ten, 0.505 for a hundred. A fixed floor is near chance for few classes (0.6
-# for two) and out of reach for many.
-FLOOR_ABOVE_CHANCE = 0.5
 
 
 @dataclasses.dataclass
@@ -61,7 +55,7 @@ class PipelineConfig:
   tune: bool = True
   search_space: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning.space.SearchSpace
   accuracy_threshold: Optional[float] = None  # the gate: a model below it is never pushed...
-  max_accuracy_drop: float = 0.01  # ... nor one this much worse than the best blessed model
+  max_accuracy_drop: float = gate.MAX_ACCURACY_DROP  # ... nor one this much worse than the best blessed model
   allow_anomalies: bool = False  # train even if the ExampleValidator found anomalies
   serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/
   # Kubeflow/Vertex: steps run in the component image, so code is imported from the installed
@@ -75,11 +69,10 @@ class PipelineConfig:
 
   @property
   def accuracy_floor(self) -> float:
-    """accuracy_threshold if given, else FLOOR_ABOVE_CHANCE of the way from chance to 1."""
+    """accuracy_threshold if given, else pipeline/gate.py's default for num_classes."""
     if self.accuracy_threshold is not None:
       return self.accuracy_threshold
-    chance = 1 / self.num_classes
-    return chance + FLOOR_ABOVE_CHANCE * (1 - chance)
+    return gate.default_accuracy_floor(self.num_classes)
 
 
 TRAINER_MODULE = os.path.join(os.path.dirname(trainer.__file__), "tfx_module",

@@ -1,22 +1,22 @@
 """`headswap compile` and `headswap submit`: the pipeline of `headswap run`, on Kubeflow
 Pipelines or Vertex AI Pipelines (work in pipeline/kubeflow_runner.py)."""
 
-import copy
 import dataclasses
 import json
 import os
 import sys
 
+from pipeline import flags
+
 
 def register(commands):
-  # Every flag of `headswap run`, from a copy of its parser: --output is replaced here only.
-  run_flags = copy.deepcopy(commands.choices["run"])
   compile_parser = commands.add_parser(
-      "compile", parents=[run_flags], add_help=False, conflict_handler="resolve",
-      help="compile the pipeline for Vertex AI Pipelines or Kubeflow Pipelines v2",
+      "compile", help="compile the pipeline for Vertex AI Pipelines or Kubeflow Pipelines v2",
       description="Compiles the pipeline `headswap run` would run, every step in --image. "
                   "--data (a gs:// folder, or a path mounted at the same place here and in "
                   "the containers) is listed here for its classes and layout.")
+  # Every flag of `headswap run` but its --output: here that names the compiled pipeline.
+  flags.add_pipeline_arguments(compile_parser, output=False)
   compile_parser.add_argument("--target", choices=("vertex", "kubeflow"), default="vertex")
   compile_parser.add_argument("--output", required=True,
                               help="the compiled pipeline: a Vertex PipelineJob (.json) or a "
@@ -54,10 +54,10 @@ def register(commands):
 
 
 def compile_main(args):
-  from pipeline import cli, kubeflow_runner  # pylint: disable=import-outside-toplevel
+  from pipeline import kubeflow_runner  # pylint: disable=import-outside-toplevel
 
   try:
-    config = cli._config(args, "all")  # pylint: disable=protected-access
+    config = flags.pipeline_config(args, "all")
     config = dataclasses.replace(
         config, root=args.pipeline_root, vertex_training=_vertex_training(args),
         serving_dir=args.serving_dir or os.path.join(args.pipeline_root, "serving", config.name))

@@ -54,8 +54,9 @@ def predict_local(model_path: str, image_paths: Sequence[str],
                   batch_size: int = ServerConfig.max_batch_size) -> List[ImageResult]:
   """`model_path` is a SavedModel or a base path of numbered versions (the newest is used)."""
   from serving import images, models  # TensorFlow: only for this mode
+  from trainer import export
 
-  model = models.LoadedModel(models.resolve_saved_model(model_path))
+  model = models.LoadedModel(export.resolve_saved_model(model_path))
   results, readable = [], []
   for path in image_paths:
     result = ImageResult(path, class_names=dict(enumerate(model.class_names)))

@@ -3,10 +3,8 @@ trainer/export.py)."""
 
 import dataclasses
 import io
-import json
 import logging
 import os
-import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
@@ -20,7 +18,6 @@ from trainer import export
 
 log = logging.getLogger("headswap")
 story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)
-VERSION_FOLDER = re.compile(r"[0-9]+")  # the Pusher's staging folders never match
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +30,12 @@ class Prediction:
 Outcome = Union[Prediction, RequestError]  # per image: an answer, or why its bytes failed
 
 
-class LoadedModel:
-  """One SavedModel version, callable on a batch of encoded images."""
+class LoadedModel(export.ExportedModel):
+  """One SavedModel version, checked before it serves, callable on a batch of encoded images."""
 
   def __init__(self, path: str, version: int = 0):
-    self.path = path
+    super().__init__(path)
     self.version = version
-    self._saved_model = tf.saved_model.load(path)  # owns the variables the signature reads
-    self._serve = self._saved_model.signatures[export.SERVING_SIGNATURE]
-    with filesystem.open_file(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
-      self.class_names: List[str] = json.load(f)["class_names"]
     self.signature_defs = _signature_defs(path)
     self._check_contract()
 
@@ -50,7 +43,7 @@ class LoadedModel:
     """One model call for all images. If the decoder rejects one (bytes with a valid header
     but corrupt data), each image is retried alone so only the bad one fails."""
     try:
-      outputs = self._serve(images=tf.constant(list(images)))
+      outputs = self.serve(images=tf.constant(list(images)))
     except tf.errors.InvalidArgumentError as error:
       if len(images) == 1:
         return [bad_request(f"the model could not decode the image: {_reason(error)}")]
@@ -85,28 +78,6 @@ def _signature_defs(path: str) -> Dict:
           for name, signature in saved_model.meta_graphs[0].signature_def.items()}
 
 
-def version_paths(base_path: str) -> Dict[int, str]:
-  """{version: SavedModel folder} of the published versions under base_path: its numbered
-  folders, or base_path itself as version 1 if it is a SavedModel (what Vertex AI's
-  AIP_STORAGE_URI usually names; TF Serving numbers from 1 too)."""
-  if filesystem.exists(os.path.join(base_path, "saved_model.pb")):
-    return {1: base_path}
-  try:
-    entries = filesystem.scan(base_path)
-  except FileNotFoundError:
-    return {}
-  return {int(name): os.path.join(base_path, name) for name, is_folder in entries
-          if is_folder and VERSION_FOLDER.fullmatch(name)}
-
-
-def resolve_saved_model(path: str) -> str:
-  """`path` itself if it is a SavedModel, else its newest version folder."""
-  versions = version_paths(path)
-  if not versions:
-    raise FileNotFoundError(f"{path} is neither a SavedModel nor a folder of numbered versions")
-  return versions[max(versions)]
-
-
 class ServedVersions:
   """The newest loadable version under a base path, as TF Serving's default policy serves:
   a newer push replaces it, and deleting its folder rolls back to the next newest.
@@ -125,7 +96,7 @@ class ServedVersions:
 
   def refresh(self) -> None:
     """Serves the newest version on disk that loads, if it is not served already."""
-    on_disk = version_paths(self.base_path)
+    on_disk = export.version_paths(self.base_path)
     for gone in set(self.failed) - set(on_disk):
       del self.failed[gone], self._failed_files[gone]
     for version, path in sorted(on_disk.items(), reverse=True):

@@ -63,9 +63,9 @@ def test_serving_lists_the_pushed_versions_on_gs(gcs):
   for name in ("1/saved_model.pb", "12/saved_model.pb", "12/variables/variables.index",
                ".staging-7-1/saved_model.pb", "notes.txt"):
     gcs.write(f"serving/pets/{name}", b"not read")
-  script = ("import sys; from serving import models; "
-            "print(sorted(models.version_paths(sys.argv[1])), "
-            "models.resolve_saved_model(sys.argv[1]), models.version_paths(sys.argv[2]))")
+  script = ("import sys; from trainer import export; "
+            "print(sorted(export.version_paths(sys.argv[1])), "
+            "export.resolve_saved_model(sys.argv[1]), export.version_paths(sys.argv[2]))")
   done = subprocess.run([sys.executable, "-c", script, gcs.gs("serving/pets"),
                          gcs.gs("serving/none")], cwd=REPO, env=gcs.env, capture_output=True,
                         text=True, check=True)

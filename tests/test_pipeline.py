@@ -22,13 +22,13 @@ from ml_metadata.proto import metadata_store_pb2
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tfx.types import standard_artifacts
 
-from evaluation.predict import Classifier
 from evaluation.report import natural_key, read_split
-from pipeline import cli, local_runner
+from pipeline import cli, flags, local_runner
 from evaluation.tfma_results import ACCURACY
 from pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
 from pipeline.pipeline import PipelineConfig
 from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
+from trainer.export import ExportedModel
 
 TINY = ["--image-size", "64", "--batch-size", "8", "--fine-tune-epochs", "1",
         "--augment", "flip"]
@@ -103,7 +103,7 @@ def test_the_shipped_model_fitted_every_photo_but_the_gates_and_predicts_them_as
   assert sorted(predictions["files"]) == sorted(names)
   order = [predictions["files"].index(name) for name in names]
   assert [predictions["labels"][i] for i in order] == train["label"]
-  exported = Classifier(os.path.join(artifacts["Trainer.model"], "Format-Serving"))
+  exported = ExportedModel(os.path.join(artifacts["Trainer.model"], "Format-Serving"))
   np.testing.assert_allclose(np.array(predictions["probabilities"])[order],
                              exported.probabilities(train["image"]), atol=0.02)
 
@@ -127,7 +127,7 @@ def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run,
     rows.append(f"{name},{label if name in held_out else {'cats': 'dogs', 'dogs': 'cats'}[label]}")
   (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
   cli.main(["run", "--data", str(relabelled), "--labels", str(tmp_path / "labels.csv"),
-            "--name", cli.pipeline_name(argparse.Namespace(name=None, data=data)),
+            "--name", flags.pipeline_name(argparse.Namespace(name=None, data=data)),
             "--output", output, *TINY, "--no-tune", "--epochs", "3", "--fine-tune-blocks", "0",
             # A high learning rate: early stopping on the (correct) eval split would otherwise
             # keep the barely trained first epoch, which a random head may get right.

@@ -20,7 +20,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
 
 from components.image_example_gen import sources
-from pipeline import beam_args, cli
+from pipeline import beam_args, cli, flags
 from pipeline.pipeline import PipelineConfig, create_pipeline
 from tests.conftest import read_examples, run_ingest, write_class_folders
 from tests.examples import write_examples
@@ -60,7 +60,7 @@ def specs(data, tmp_path_factory):
             f"--beam-args={DATAFLOW}"])
   # What `headswap run` with the same flags would run here, writing to the same root.
   run_args = cli.build_parser().parse_args(["run", "--data", data, *PIPELINE_FLAGS])
-  local = cli._config(run_args, "all")  # pylint: disable=protected-access
+  local = flags.pipeline_config(run_args, "all")
   return paths, create_pipeline(dataclasses.replace(local, root=ROOT,
                                                     serving_dir=f"{ROOT}/serving/pets"))
 

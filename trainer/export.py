@@ -9,15 +9,20 @@ Both return probabilities [B, C] and class_index [B]; serving_default also class
 class names are constants in the graph, so a served model names its classes on its own.
 (from_examples has numeric outputs only: the BulkInferrer's RunInference cannot split a string
 output into per-example logs.)
+
+ExportedModel loads one back, for evaluation and (with its checks) serving/models.py.
 """
 
 import json
 import os
-from typing import List
+import re
+from typing import Dict, List, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from components import filesystem
 from trainer import preprocessing
 
 SERVING_SIGNATURE = "serving_default"
@@ -26,6 +31,7 @@ IMAGES_INPUT = "images"
 EXAMPLES_INPUT = "examples"
 PROBABILITIES = "probabilities"  # the output TFMA scores and the report reads
 METADATA_FILE = "headswap.json"  # in assets.extra: class names and image size for tools
+VERSION_FOLDER = re.compile(r"[0-9]+")  # the Pusher's staging folders never match
 
 
 def export_classifier(model: keras.Model, class_names: List[str], image_size: int,
@@ -67,3 +73,43 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
     json.dump({"class_names": list(class_names), "image_size": image_size}, f)
   return path
+
+
+class ExportedModel:
+  """A SavedModel export_classifier wrote, and the class names it was exported with."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._saved_model = tf.saved_model.load(path)  # owns the variables the signature reads
+    self.serve = self._saved_model.signatures[SERVING_SIGNATURE]
+    with filesystem.open_file(os.path.join(path, "assets.extra", METADATA_FILE)) as f:
+      self.class_names: List[str] = json.load(f)["class_names"]
+
+  def probabilities(self, encoded_images: Sequence[bytes], batch_size: int = 64) -> np.ndarray:
+    """[images, classes], batch_size images per call."""
+    batches = [self.serve(images=tf.constant(list(encoded_images[start:start + batch_size])))
+               [PROBABILITIES].numpy()
+               for start in range(0, len(encoded_images), batch_size)]
+    return np.concatenate(batches) if batches else np.zeros((0, len(self.class_names)))
+
+
+def version_paths(base_path: str) -> Dict[int, str]:
+  """{version: SavedModel folder} of the published versions under base_path: its numbered
+  folders, or base_path itself as version 1 if it is a SavedModel (what Vertex AI's
+  AIP_STORAGE_URI usually names; TF Serving numbers from 1 too)."""
+  if filesystem.exists(os.path.join(base_path, "saved_model.pb")):
+    return {1: base_path}
+  try:
+    entries = filesystem.scan(base_path)
+  except FileNotFoundError:
+    return {}
+  return {int(name): os.path.join(base_path, name) for name, is_folder in entries
+          if is_folder and VERSION_FOLDER.fullmatch(name)}
+
+
+def resolve_saved_model(path: str) -> str:
+  """`path` itself if it is a SavedModel, else its newest version folder."""
+  versions = version_paths(path)
+  if not versions:
+    raise FileNotFoundError(f"{path} is neither a SavedModel nor a folder of numbered versions")
+  return versions[max(versions)]

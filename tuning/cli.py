@@ -10,12 +10,12 @@ Heavy imports happen inside main, so `headswap --help` stays instant.
 import os
 import sys
 
+from pipeline import flags
+
 DEFAULT_OUTPUT = os.path.join("output", "tune")
 
 
 def register(commands):
-  from pipeline import cli as pipeline_cli  # pylint: disable=import-outside-toplevel
-
   tune = commands.add_parser(
       "tune", help="search head and fine-tune depth on ingested examples (KerasTuner)",
       description=__doc__.split("\n\n")[0])
@@ -27,10 +27,7 @@ def register(commands):
   tune.add_argument("--feature-cache",
                     help="pooled-feature cache (default: OUTPUT/feature_cache); the pipeline's "
                          "is OUTPUT/tfx/feature_cache")
-  search = tune.add_argument_group("search (ranges in tuning/space.py)")
-  search.add_argument("--max-trials", type=int, help="head trials on cached features")
-  search.add_argument("--depth-trials", type=int, help="fine-tune depth trials")
-  search.add_argument("--tune-seconds", type=float, help="time budget of the search")
+  flags.add_search_arguments(tune.add_argument_group("search (ranges in tuning/space.py)"))
   distributed = tune.add_argument_group(
       "distributed (KerasTuner's chief and workers; every worker needs the same flags, "
       "--examples and a shared --output)")
@@ -45,21 +42,20 @@ def register(commands):
   distributed.add_argument("--oracle", metavar="HOST:PORT",
                            help="run one worker against the chief listening there")
   distributed.add_argument("--worker-id", help="this worker's id, e.g. tuner7 (with --oracle)")
-  pipeline_cli._add_training_arguments(tune)  # pylint: disable=protected-access
+  flags.add_training_arguments(tune)
   tune.set_defaults(func=main)
 
 
 def main(args):
-  from pipeline import cli as pipeline_cli  # pylint: disable=import-outside-toplevel
   from trainer.hparams import HParams  # pylint: disable=import-outside-toplevel
   from tuning import jobs  # pylint: disable=import-outside-toplevel
   from tuning.space import SearchSpace  # pylint: disable=import-outside-toplevel
   from tuning.summary import summary_table, write_summary  # pylint: disable=import-outside-toplevel
 
-  given_space = pipeline_cli._given_search_space(args)  # pylint: disable=protected-access
+  given_space = flags.given_search_space(args)
   try:
     _check(args, given_space)
-    hp = HParams.from_sources(pipeline_cli._given_hparams(args))  # pylint: disable=protected-access
+    hp = HParams.from_sources(flags.given_hparams(args))
   except (jobs.TuneError, ValueError) as error:
     sys.exit(f"headswap tune: {error}")
   space = SearchSpace(**given_space)
@@ -98,18 +94,17 @@ def _check(args, given_space):
 
 def _worker_command(args, cache_dir):
   """`headswap tune` with this search's flags, for a worker at (address, id)."""
-  from pipeline import cli as pipeline_cli  # pylint: disable=import-outside-toplevel
-
-  flags = ["--examples", args.examples, "--output", args.output, "--feature-cache", cache_dir]
-  given = {**pipeline_cli._given_hparams(args),  # pylint: disable=protected-access
-           **{name: getattr(args, name) for name in ("max_trials", "depth_trials", "tune_seconds")
+  worker_flags = ["--examples", args.examples, "--output", args.output,
+                  "--feature-cache", cache_dir]
+  given = {**flags.given_hparams(args),
+           **{name: getattr(args, name) for name in flags.SEARCH_SPACE_FIELDS
               if getattr(args, name) is not None}}
   for name, value in given.items():
     flag = name.replace("_", "-")
     if isinstance(value, bool):
-      flags.append(f"--{flag}" if value else f"--no-{flag}")
+      worker_flags.append(f"--{flag}" if value else f"--no-{flag}")
     else:
-      flags += [f"--{flag}", str(value)]
+      worker_flags += [f"--{flag}", str(value)]
   # -v: a worker's whole log goes to its stdout, the tuner<k>.log the chief keeps for it.
-  return lambda address, worker_id: [sys.executable, "-m", "pipeline.cli", "-v", "tune", *flags,
-                                     "--oracle", address, "--worker-id", worker_id]
+  return lambda address, worker_id: [sys.executable, "-m", "pipeline.cli", "-v", "tune",
+                                     *worker_flags, "--oracle", address, "--worker-id", worker_id]

