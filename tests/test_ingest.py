@@ -371,6 +371,22 @@ def test_csv_columns_named_by_flags(tmp_path):
     sources.list_images(str(images), str(labels))
 
 
+def test_a_file_named_twice_in_the_csv_is_one_file(tmp_path):
+  """Absolute or ./ names of a file in the data folder are its relative name: listed both
+  ways with two labels, it is reported and left out, not kept as two opposite examples. An
+  absolute path outside the folder is refused under the name it was given."""
+  images = _three_images(tmp_path)
+  labels = tmp_path / "labels.csv"
+  labels.write_text(f"file,label\n0.png,cats\n1.png,dogs\n2.png,cats\n{images / '0.png'},dogs\n"
+                    f"./2.png,cats\n{images / '1.png'},dogs\n{labels},dogs\n")
+  listing = sources.list_images(str(images), str(labels))
+  assert [(c.source, c.label_name) for c in listing.candidates] == THREE_LABELS[1:]
+  assert dict(listing.skipped) == {
+      "0.png": "labelled 'cats' (line 2) and 'dogs' (line 5) in the labels CSV",
+      str(labels): f"outside the data folder (it is {os.path.realpath(labels)}; "
+                   "--allow-outside-root reads it)"}
+
+
 @pytest.mark.parametrize("content, words", [
     (b"file,label\n0.png,cats\n1.png,d\0gs\n", "line 3 holds a NUL byte"),
     ("file,label\n0.png,cats\n1.png,ch\u00e9vre\n".encode("latin-1"),

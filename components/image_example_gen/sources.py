@@ -261,7 +261,7 @@ def _list_csv(root, labels_csv, file_column, label_column, allow_outside_root) -
         or not row[label_index].strip()):
       skipped.append((f"{labels_csv}:{line_number}", "CSV row without a file name and label"))
       continue
-    relative = row[file_index].strip()
+    relative = _relative_to(root, row[file_index].strip())
     if relative not in entries and len(by_stem.get(relative, [])) == 1:
       relative = by_stem[relative][0]  # Kaggle's id columns often leave the extension out
     labels.setdefault(os.path.normpath(relative), {}).setdefault(
@@ -288,6 +288,16 @@ def _list_csv(root, labels_csv, file_column, label_column, allow_outside_root) -
   class_names = sorted({c.label_name for c in candidates})
   _require_two_classes(class_names, labels_csv)
   return Listing("csv", class_names, candidates, skipped)
+
+
+def _relative_to(root, name) -> str:
+  """A CSV row's file name relative to the data folder: an absolute path inside it is the same
+  file as its relative name, so that listing it both ways cannot make two examples (with two
+  labels). Names outside the folder are kept as written, for the report."""
+  if filesystem.is_remote(root) or not os.path.isabs(name):
+    return name
+  inside = os.path.relpath(os.path.normpath(name), filesystem.absolute(root))
+  return name if inside.split(os.sep)[0] == os.pardir else inside
 
 
 def _read_csv(labels_csv) -> List[List[str]]:
