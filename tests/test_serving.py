@@ -402,7 +402,7 @@ def test_a_gif_is_served_as_its_first_frame_whatever_follows(layout_url, model_p
 def test_a_gif_of_a_million_frames_stalls_no_other_request(layout_model, model_probabilities):
   """A 21 MB GIF of 1.4 million 1-px frames once held the event loop for 2.8 s. Now it is
   served as its first frame, and requests sent while it is read, decoded and predicted are
-  answered meanwhile, each in well under that (the bound is loose: the machine may be busy)."""
+  answered meanwhile, none held for long (the bound is loose: the machine may be busy)."""
   first = make_image(CLASS_COLOURS["cats"], 5, 32)
   body = json.dumps(row_request(_gif_with_later_frames(first, *[(1, 1)] * 1_400_000)))
   config = ServerConfig(os.path.dirname(layout_model), **{**LIMITS, "max_body_bytes": len(body)})
@@ -411,7 +411,9 @@ def test_a_gif_of_a_million_frames_stalls_no_other_request(layout_model, model_p
     gif = {}
 
     def post_gif():
+      start = time.monotonic()
       gif["response"] = httpx.post(url + PREDICT, content=body, headers=JSON_HEADERS, timeout=120)
+      gif["seconds"] = time.monotonic() - start
 
     in_flight = threading.Thread(target=post_gif)
     in_flight.start()
@@ -422,7 +424,9 @@ def test_a_gif_of_a_million_frames_stalls_no_other_request(layout_model, model_p
       assert_serves(url)
       waits.append(time.monotonic() - start)
     in_flight.join()
-  assert max(waits) < 2, waits
+  # A stalled loop holds a request for most of the GIF's own time (3.2 s with the old frame
+  # count); a slower CPU slows both, so the bound grows with the GIF's time.
+  assert max(waits) < max(2, gif["seconds"] / 2), (waits, gif["seconds"])
   assert gif["response"].status_code == 200, gif["response"].text
   first_frame = encode(Image.open(io.BytesIO(encode(first, "GIF"))).convert("RGB"), "PNG")
   np.testing.assert_allclose([gif["response"].json()["predictions"][0]["probabilities"]],
