@@ -24,7 +24,8 @@ from PIL import Image  # pylint: disable=wrong-import-position
 from components import features  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
 from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
-from trainer.export import EXAMPLES_INPUT, PROBABILITIES  # pylint: disable=wrong-import-position
+from trainer.export import (EXAMPLES_INPUT, PHASE_1_PROBABILITIES,  # pylint: disable=wrong-import-position
+                            PROBABILITIES)
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -44,22 +45,26 @@ def read_split(examples_uri: str, split: str) -> Dict[str, list]:
 
 def read_predictions(inference_uri: str) -> Dict[str, list]:
   """The BulkInferrer's output: per image of the split it ran on, its encoded image, label,
-  file name (from the tf.Example it was fed) and the model's probabilities."""
+  file name (from the tf.Example it was fed), the model's probabilities and, if phase 2 was
+  kept, phase 1's (None otherwise)."""
   from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=import-outside-toplevel
   columns = {key: [] for key in (features.IMAGE, features.LABEL, features.FILENAME)}
-  probabilities = []
+  outputs = {PROBABILITIES: [], PHASE_1_PROBABILITIES: []}
   files = tf.io.gfile.glob(os.path.join(inference_uri, "prediction_logs-*"))
   for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
     predicted = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log
     examples = predicted.request.inputs[EXAMPLES_INPUT].string_val
-    probabilities.append(tf.make_ndarray(predicted.response.outputs[PROBABILITIES]).reshape(
-        len(examples), -1))
+    for name, batches in outputs.items():
+      if name in predicted.response.outputs:  # phase 1's: only if phase 2 was kept
+        batches.append(tf.make_ndarray(predicted.response.outputs[name]).reshape(
+            len(examples), -1))
     for serialized in examples:
       feature = tf.train.Example.FromString(serialized).features.feature
       columns[features.IMAGE].append(feature[features.IMAGE].bytes_list.value[0])
       columns[features.LABEL].append(feature[features.LABEL].int64_list.value[0])
       columns[features.FILENAME].append(feature[features.FILENAME].bytes_list.value[0])
-  columns[PROBABILITIES] = np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
+  for name, batches in outputs.items():
+    columns[name] = np.concatenate(batches) if batches else None
   return columns
 
 
@@ -81,14 +86,15 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   if "Tuner.tuner_results" in artifacts:
     tuning = read_json(os.path.join(artifacts["Tuner.tuner_results"], "tuning_summary.json"))
     sections.append(("Tuning", _tuning_html(tuning)))
+  # The gate's split: the user-given test split if there is one (pipeline/pipeline.py).
+  held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
+  predictions = (read_predictions(artifacts["BulkInferrer.inference_result"])
+                 if "BulkInferrer.inference_result" in artifacts else None)
   model_run = artifacts.get("Trainer.model_run")
   if model_run:
-    sections.append(("Training", _training_html(model_run, folder)))
+    sections.append(("Training", _training_html(model_run, folder, predictions, held_out)))
   if "Trainer.model" in artifacts:
-    # The gate's split: the user-given test split if there is one (pipeline/pipeline.py).
-    held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
     results = candidate_results(artifacts["Evaluator.evaluation"], ingest["class_names"])
-    predictions = read_predictions(artifacts["BulkInferrer.inference_result"])
     sections.append((f"Results on the {held_out} split",
                      _held_out_html(results, predictions, ingest["class_names"], held_out,
                                     folder)))
@@ -138,7 +144,7 @@ def _anomalies_html(artifacts):
           f"--allow-anomalies:</p><ul>{items}</ul>")
 
 
-def _training_html(model_run, folder):
+def _training_html(model_run, folder, predictions, split):
   from trainer.task import CURVES_FILE, SUMMARY_FILE  # pylint: disable=import-outside-toplevel
   parts = []
   curves = os.path.join(model_run, CURVES_FILE)
@@ -147,7 +153,7 @@ def _training_html(model_run, folder):
     parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
   summary = read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
-    parts.append(_phases_html(summary))
+    parts.append(_phases_html(summary, predictions, split))
     settings = {"replicas": summary["replicas"], "global_batch_size": summary["global_batch_size"],
                 **summary["hparams"]}
     parts.append("<h3>Settings</h3>" + _table(["setting", "value"], settings.items()))
@@ -199,16 +205,29 @@ def _cell(value):
   return f"<td class='n'>{text}</td>" if numeric else f"<td>{text}</td>"
 
 
-def _phases_html(summary):
-  """Each phase's eval-split numbers side by side, and which model was shipped."""
+def _phases_html(summary, predictions, split):
+  """Each phase's accuracy on the gate's split (the BulkInferrer's predictions) and eval-split
+  numbers side by side, and which model was shipped."""
   fine = summary.get("fine_tune")
-  rows = [("after phase 1 (frozen base)", summary["frozen"], not fine or not fine["kept"])]
+  kept = bool(fine and fine["kept"])
+  accuracy = {}  # on the gate's split, by phase
+  if predictions is not None:
+    labels = np.array(predictions[features.LABEL])
+    shipped = (predictions[PROBABILITIES].argmax(-1) == labels).mean()
+    accuracy = {1: shipped} if not kept else {2: shipped}
+    if predictions[PHASE_1_PROBABILITIES] is not None:
+      accuracy[1] = (predictions[PHASE_1_PROBABILITIES].argmax(-1) == labels).mean()
+  rows = [("after phase 1 (frozen base)", summary["frozen"], 1, not kept)]
   if fine:
-    rows.append((f"after phase 2 (top {fine['blocks']} blocks fine-tuned)", fine, fine["kept"]))
-  table = _table(["model", "eval accuracy", "eval loss", "epochs", ""],
-                 [[name, _number(phase.get("val_accuracy"), 4), _number(phase.get("val_loss"), 4),
-                   phase["epochs"], "shipped" if shipped else ""]
-                  for name, phase, shipped in rows])
+    rows.append((f"after phase 2 (top {fine['blocks']} blocks fine-tuned)", fine, 2, kept))
+  table = _table(["model", f"{split} accuracy", "eval accuracy", "eval loss", "epochs", ""],
+                 [[name, _number(accuracy.get(number), 4), _number(phase.get("val_accuracy"), 4),
+                   _number(phase.get("val_loss"), 4), phase["epochs"],
+                   "shipped" if shipped else ""]
+                  for name, phase, number, shipped in rows])
+  if fine and not kept:
+    table += (f"<p>Phase 2 was not kept (the Tuning section says why; without the Tuner, "
+              f"the eval loss above), so its model was never exported: no {split} number.</p>")
   if summary["hparams"].get("fit_eval_split"):
     table += ("<p>Both phases trained on the train and eval splits, for the epoch counts the "
               "Tuner measured on held-out images (see Tuning): no split was left to score them "

@@ -83,6 +83,12 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
   assert "chance for 2 classes: 0.5000" in report and "no baseline" in report
   assert os.path.exists(os.path.join(output, "report", "learning_curves.png"))
   assert "after phase 1 (frozen base)" in report
+  # The shipped phase's accuracy on the test split, from the BulkInferrer's predictions, is
+  # TFMA's (and phase 1's too when phase 2 was kept: trainer/export.py).
+  accuracy = evaluated_accuracies(artifacts["Evaluator.evaluation"])["candidate"]
+  shipped_row, = re.findall(r"<tr><td>after phase \d[^<]*</td><td class='n'>([\d.]+)</td>"
+                            r"(?:<td[^>]*>[^<]*</td>){3}<td>shipped</td>", report)
+  assert float(shipped_row) == pytest.approx(accuracy, abs=1e-4)
   # The gate scored the user's test split, so the eval split trained the shipped model too.
   assert "8 images (as the test split's Evaluator measured it)" in report
   assert training["hparams"]["fit_eval_split"] and "val_accuracy" not in training["frozen"]

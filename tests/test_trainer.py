@@ -11,7 +11,7 @@ import tensorflow as tf
 from components import features
 from tests.conftest import read_examples, write_class_folders
 from tests.examples import write_examples
-from trainer import data, export, feature_cache, train
+from trainer import data, export, feature_cache, preprocessing, train
 from trainer.backbones import registry
 from trainer.hparams import HParams
 
@@ -192,6 +192,32 @@ def test_export_signatures_agree_and_reject_garbage(examples, tmp_path):
     assert json.load(f)["class_names"] == ["cats", "dogs"]
   with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
     loaded.signatures[export.SERVING_SIGNATURE](images=tf.constant([b"not an image"]))
+
+
+@pytest.mark.parametrize("backbone", [BACKBONE, SIDE_BY_SIDE])
+def test_export_gives_each_phases_probabilities_when_phase_2_is_kept(examples, backbone,
+                                                                     tmp_path):
+  """from_examples also gives phase 1's probabilities: the base as phase 1 left it (frozen: its
+  initial weights) under phase 1's head, for the test accuracy after each phase."""
+  initial_weights = str(tmp_path / "base.weights.h5")
+  registry.build_base(backbone, None, SIZE).save_weights(initial_weights)
+  run = _train(examples, _hparams(initial_weights, backbone=backbone, fine_tune_blocks=1,
+                                  stop_early=False), tmp_path)  # no early stopping: kept
+  assert run.summary["fine_tune"]["kept"]
+  path = export.export_classifier(run.classifier, ["cats", "dogs"], run.image_size,
+                                  str(tmp_path / "model"), run.both_phases)
+  loaded = tf.saved_model.load(path)
+  serialized = tf.stack(list(tf.data.TFRecordDataset(
+      tf.io.gfile.glob(os.path.join(examples, "Split-eval", "*")), compression_type="GZIP")))
+  images = tf.io.parse_example(serialized, {features.IMAGE: tf.io.FixedLenFeature([], tf.string)})
+  outputs = loaded.signatures[export.EXAMPLES_SIGNATURE](examples=serialized)
+  served = loaded.signatures[export.SERVING_SIGNATURE](images=images[features.IMAGE])
+  np.testing.assert_allclose(outputs["probabilities"], served["probabilities"], rtol=1e-5)
+  pixels = preprocessing.decode_images(images[features.IMAGE], SIZE)
+  phase_1 = run.frozen_head(registry.build_base(backbone, initial_weights, SIZE)(pixels))
+  np.testing.assert_allclose(outputs[export.PHASE_1_PROBABILITIES], phase_1, rtol=1e-4,
+                             atol=1e-6)
+  assert not np.allclose(phase_1, outputs["probabilities"])  # phase 2 changed the model
 
 
 EVERY_SPLIT_SIZE = """

@@ -7,8 +7,9 @@ Two signatures, one preprocessing path (trainer/preprocessing.py):
                    BulkInferrer feed)
 Both return probabilities [B, C] and class_index [B]; serving_default also class_name [B]: the
 class names are constants in the graph, so a served model names its classes on its own.
-(from_examples has numeric outputs only: the BulkInferrer's RunInference cannot split a string
-output into per-example logs.)
+from_examples has numeric outputs only (the BulkInferrer's RunInference cannot split a string
+output into per-example logs), and phase_1_probabilities [B, C] when phase 2 was kept: what
+the model gave before fine-tuning, for the report's test accuracy after each phase.
 
 ExportedModel loads one back, for evaluation and (with its checks) serving/models.py.
 """
@@ -16,7 +17,7 @@ ExportedModel loads one back, for evaluation and (with its checks) serving/model
 import json
 import os
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -30,13 +31,15 @@ EXAMPLES_SIGNATURE = "from_examples"
 IMAGES_INPUT = "images"
 EXAMPLES_INPUT = "examples"
 PROBABILITIES = "probabilities"  # the output TFMA scores and the report reads
+PHASE_1_PROBABILITIES = "phase_1_probabilities"
 METADATA_FILE = "headswap.json"  # in assets.extra: class names and image size for tools
 VERSION_FOLDER = re.compile(r"[0-9]+")  # the Pusher's staging folders never match
 
 
 def export_classifier(model: keras.Model, class_names: List[str], image_size: int,
-                      path: str) -> str:
-  """Writes `model` (0-255 pixels [B, size, size, 3] -> probabilities [B, C]) to `path`."""
+                      path: str, both_phases: Optional[keras.Model] = None) -> str:
+  """Writes `model` (0-255 pixels [B, size, size, 3] -> probabilities [B, C]) to `path`;
+  `both_phases` (trainer/train.py TrainingRun) serves from_examples if given."""
   names = tf.constant(class_names)
 
   # One trace of the model for both endpoints. Endpoints that call the model themselves trace
@@ -52,17 +55,29 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
             "class_name": tf.gather(names, class_index)}
 
   predict = predict.get_concrete_function()
+  pixels_spec = predict.structured_input_signature[0][0]
+
+  @tf.function(input_signature=[pixels_spec], autograph=False)
+  def predict_numbers(pixels):
+    if both_phases is None:
+      return {name: predict(pixels)[name] for name in (PROBABILITIES, "class_index")}
+    probabilities, phase_1 = both_phases(pixels, training=False)
+    return {PROBABILITIES: probabilities, "class_index": tf.argmax(probabilities, axis=-1),
+            PHASE_1_PROBABILITIES: phase_1}
+
+  predict_numbers = predict_numbers.get_concrete_function()
 
   def from_images(images):
     return predict(preprocessing.decode_images(images, image_size))
 
   def from_examples(examples):
     images, _ = preprocessing.parse_examples(examples)
-    outputs = predict(preprocessing.decode_images(images, image_size))
-    return {name: outputs[name] for name in (PROBABILITIES, "class_index")}
+    return predict_numbers(preprocessing.decode_images(images, image_size))
 
   archive = keras.export.ExportArchive()
   archive.track(model)
+  if both_phases is not None:
+    archive.track(both_phases)
   archive.add_endpoint(SERVING_SIGNATURE, from_images,
                        input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
   archive.add_endpoint(EXAMPLES_SIGNATURE, from_examples,

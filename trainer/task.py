@@ -37,7 +37,8 @@ def run_fn(fn_args: FnArgs) -> None:
   if not is_chief():
     _export_as_worker(run, class_names, fn_args.serving_model_dir)
     return
-  export.export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir)
+  export.export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir,
+                           run.both_phases)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   fitted_files = data.example_files(fn_args.train_files)  # in TrainingRun's order
   if hp.fit_eval_split:
@@ -60,7 +61,8 @@ def _export_as_worker(run, class_names, serving_model_dir) -> None:
   TFX's executor checks on every worker that the model is there."""
   throwaway = tempfile.mkdtemp(prefix="headswap-worker-export-")
   try:
-    export.export_classifier(run.classifier, class_names, run.image_size, throwaway)
+    export.export_classifier(run.classifier, class_names, run.image_size, throwaway,
+                             run.both_phases)
   finally:
     tf.io.gfile.rmtree(throwaway)
   deadline = time.time() + CHIEF_EXPORT_TIMEOUT_S

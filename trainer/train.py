@@ -36,6 +36,9 @@ class TrainingRun:
   # Phase 1's head, before phase 2 trained it further: on the frozen base's pooled features it
   # gives the test accuracy after phase 1 (bench/e2e.py).
   frozen_head: keras.Model
+  # With phase 2 kept: pixels -> [the classifier's probabilities, phase 1's], for the test
+  # accuracy after each phase from one pass (trainer/export.py); else None.
+  both_phases: Optional[keras.Model] = None
 
 
 def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: HParams,
@@ -110,15 +113,16 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   frozen_head.set_weights(head.get_weights())
 
   # Phase 2: fine-tuning the top blocks, BatchNormalization statistics untouched.
+  both_phases = None
   if hp.fine_tune_blocks:
     started = time.time()
     frozen_weights = classifier.get_weights()
     with strategy.scope():
       unfrozen = registry.unfreeze_top_blocks(base, hp.fine_tune_blocks)
-      tuned = classifier
-      if hp.fast_fine_tuning:
-        _, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
-        tuned = build_classifier(top, head)  # shares its layers with `classifier`
+      _, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
+      # Sharing its layers with `classifier`: training one trains the other.
+      tuned = build_classifier(top, head) if hp.fast_fine_tuning else classifier
+    frozen_top_weights = top.get_weights()
     if hp.fast_fine_tuning:
       # The bottom stays frozen: its output for each view, computed once, stands in for the
       # images.
@@ -137,6 +141,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       classifier.set_weights(frozen_weights)
     else:
       shipped = tuned, fine_unaugmented
+      both_phases = _both_phases(base, head, frozen_head, frozen_top_weights, hp)
     history += _rows(fine, FINE_TUNE, first_epoch=len(history))
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
                             "epochs": len(fine["loss"]), **best,
@@ -149,7 +154,24 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
   train_probabilities, train_labels = feature_cache.outputs_of(
       model, data.inference_batches(inputs, global_batch))
   return TrainingRun(classifier, image_size, history, summary, train_probabilities, train_labels,
-                     frozen_head)
+                     frozen_head, both_phases)
+
+
+def _both_phases(base: keras.Model, head: keras.Model, frozen_head: keras.Model,
+                 frozen_top_weights: List[np.ndarray], hp: HParams) -> keras.Model:
+  """pixels -> [probabilities after phase 2, after phase 1]: the frozen bottom of the base
+  once, then its fine-tuned top under the head, and a copy of the top with its weights from
+  before phase 2 under phase 1's head. The copy adds the top blocks' compute only."""
+  bottom, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
+  copy = registry.build_base(hp.backbone, "none", hp.image_size or None)
+  _, frozen_top = registry.split_at_top_blocks(copy, hp.fine_tune_blocks)
+  frozen_top.set_weights(frozen_top_weights)
+  # One model of the copy's layers: a nested model named as the base's top would clash.
+  phase_1 = keras.Model(frozen_top.input, frozen_head(frozen_top.output), name="phase_1")
+  pixels = keras.Input(base.input_shape[1:], name="pixels")
+  activations = bottom(pixels, training=False)
+  return keras.Model(pixels, [head(top(activations, training=False), training=False),
+                              phase_1(activations, training=False)], name="both_phases")
 
 
 def _kept_epoch(metrics: Dict[str, List[float]], stop_early: bool) -> Dict[str, float]:
