@@ -44,8 +44,9 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
 
   # One trace of the model for both endpoints. Endpoints that call the model themselves trace
   # it twice each (write_out traces them to list their variables, tf.saved_model.save again
-  # for the signatures): four model traces. These endpoints only call this concrete function,
-  # so their own traces are cheap.
+  # for the signatures): four model traces. These endpoints only call this concrete function
+  # (from_examples the two-phase model's, traced once more, when there is one), so their own
+  # traces are cheap.
   @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)],
                autograph=False)
   def predict(pixels):
