@@ -7,7 +7,9 @@ subprocesses TFX starts to package module files, and Beam worker processes, whic
 descriptors. headswap's prints (sys.stdout) and its "headswap.console" log lines reach the screen
 through copies of the original descriptors, and the log too.
 
-The stage lines come from timed_stages(), around the LocalDagRunner's component launches.
+The stage lines come from timed_stages(), around the LocalDagRunner's component launches; the
+long steps within a stage show their progress (components/progress.py): a bar on a terminal,
+a few plain lines otherwise.
 """
 
 import contextlib
@@ -21,6 +23,8 @@ import threading
 import time
 import traceback
 from typing import Iterator, Optional
+
+from components import progress
 
 # The story: one line per stage and the closing lines. Children of "headswap" log to the file
 # only, unless WARNING or worse.
@@ -203,8 +207,12 @@ def session(folder: str, verbose: bool = False, command: str = "") -> Iterator[s
 
   started = time.monotonic()
   story.info("headswap %s: full log in %s", command, path)
+  # --verbose scrolls library lines past: plain progress lines suit it better than a bar.
+  bars = progress.bars_on(screen_err) if not verbose and screen_err.isatty() else (
+      contextlib.nullcontext())
   try:
-    yield path
+    with bars:
+      yield path
   except BaseException as error:
     failed = True
     seconds = time.monotonic() - started

@@ -1,10 +1,13 @@
 """The console: headswap's own story on screen, every library line in OUTPUT/logs/*.log."""
 
 import glob
+import io
+import logging
 import os
 import subprocess
 import sys
 
+from components import progress
 from pipeline import console
 from tests.conftest import write_class_folders
 
@@ -50,3 +53,56 @@ def test_subprocess_output_goes_to_the_log_and_to_the_screen_only_when_verbose(t
     for line in ("child out", "child err", "our story"):
       assert line in log
       assert (line in screen) == (verbose or line == "our story"), (verbose, line, screen)
+
+
+def _progress_lines(text, description):
+  return [line for line in text.splitlines() if f"  {description}: " in line]
+
+
+def test_plain_progress_is_a_few_lines_whatever_the_steps_and_nested_steps_write_none(
+    tmp_path, capfd, monkeypatch):
+  monkeypatch.setattr(progress, "PLAIN_SECONDS", float("inf"))  # the tenths alone: no clock
+  with console.session(str(tmp_path), False, "test"):  # pytest's capture: not a terminal
+    with progress.progress("outer step", total=1000, unit="images") as advance:
+      for _ in range(1000):
+        with progress.progress("inner step", total=3) as advance_inner:
+          advance_inner(3)
+        advance()
+  screen = "".join(capfd.readouterr())
+  _, log = _one_log(tmp_path)
+  for text in (screen, log):
+    lines = _progress_lines(text, "outer step")
+    assert len(lines) == 1 + (progress.PLAIN_STEPS - 1) + 1, lines  # start, tenths, end
+    assert lines[0].endswith("outer step: 0/1000 images")
+    assert "outer step: 500/1000 images (50%), " in lines[5]
+    assert "outer step: done, 1000/1000 images in " in lines[-1]
+    assert not _progress_lines(text, "inner step")
+
+
+def test_progress_outside_a_session_prints_nothing(capfd):
+  with progress.progress("a step", total=2) as advance:
+    advance(2)
+  with progress.progress("a step of unknown length") as advance:
+    advance()
+  with progress.progress("an empty step", total=0) as advance:
+    advance()
+  assert not "".join(capfd.readouterr())
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_on_a_terminal_a_bar_is_drawn_and_the_log_gets_start_and_end(caplog):
+  terminal = _Terminal()
+  caplog.set_level(logging.INFO, logger="headswap")
+  with progress.bars_on(terminal):
+    with progress.progress("drawn step", total=4, unit="epochs") as advance:
+      for _ in range(4):
+        advance()
+  assert "drawn step" in terminal.getvalue()
+  lines = [(record.name, record.getMessage()) for record in caplog.records]
+  assert lines[0] == ("headswap.progress", "  drawn step: 0/4 epochs")
+  assert lines[-1][1].startswith("  drawn step: done, 4/4 epochs in ")
+  assert "headswap.console" not in {name for name, _ in lines}  # the bar shows it on screen

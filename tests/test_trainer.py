@@ -2,13 +2,16 @@
 
 import glob
 import json
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from components import features
+from components.progress import PLAIN_STEPS
 from tests.conftest import read_examples, write_class_folders
 from tests.examples import write_examples
 from trainer import data, export, feature_cache, preprocessing, train
@@ -127,6 +130,25 @@ def test_tuned_phase_one_trains_every_epoch_it_was_given(examples, initial_weigh
                                   stop_early=False, patience=1, learning_rate=0.5), tmp_path)
   assert [row["phase"] for row in run.history] == ["frozen"] * 4
   assert run.summary["frozen"]["val_loss"] == run.history[-1]["val_loss"]
+
+
+def test_training_tells_its_progress_in_a_few_plain_lines_outside_a_console(
+    examples, initial_weights, tmp_path, caplog):
+  """Library use: no console session, so each long step logs its start, tenths and end."""
+  caplog.set_level(logging.INFO, logger="headswap")
+  _train(examples, _hparams(initial_weights, stop_early=False, epochs=3, fine_tune_blocks=1,
+                            fine_tune_epochs=2), tmp_path)
+  lines = [record.getMessage() for record in caplog.records if record.name == "headswap.console"]
+  steps = {line.split(": ")[0] for line in lines}
+  for step in steps:
+    assert len([line for line in lines if line.startswith(f"{step}: ")]) <= 2 + PLAIN_STEPS
+  ends = [line for line in lines if ": done, " in line]
+  assert [line.split(" in ")[0] for line in ends[-2:]] == [
+      "  frozen epochs: done, 3/3 epochs", "  fine_tune epochs: done, 2/2 epochs"]
+  # The base's passes over the images, as many as each pass was to go through.
+  passes = [re.fullmatch(r"  \S+ outputs .*: done, (\d+)/(\d+) (images|views) in .* s", line)
+            for line in ends[:-2]]
+  assert passes and all(done and done[1] == done[2] for done in passes), ends
 
 
 def test_with_the_tuners_epoch_counts_the_eval_split_trains_too(examples, initial_weights,

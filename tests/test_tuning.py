@@ -3,6 +3,7 @@ with 2 worker processes on loopback sharing the feature cache."""
 
 import glob
 import os
+import re
 import socket
 
 import pytest
@@ -127,6 +128,31 @@ def test_distributed_search_stops_its_chief(job, distributed):
   for port in (heads_port, heads_port + 1):
     with socket.socket() as probe:
       assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_log_follows_each_long_step_in_a_few_lines(job, in_process, distributed):
+  """Plain progress lines (pytest's capture is no terminal): a handful per step, the trials
+  counted where their oracles are; a trial's epochs, a step inside a step, write none."""
+  root, _ = job
+  logs = {}
+  for name in ("in_process", "distributed"):  # the command's log; workers write theirs too
+    for path in glob.glob(str(root / name / "logs" / "headswap-*.log")):
+      with open(path) as f:
+        log = f.read()
+      if "no trials left" not in log:  # tuning/jobs.run_worker's last line
+        logs[name] = log
+  for name, steps in (("in_process", {"head trials": HEAD_TRIALS, "depth trials": DEPTH_TRIALS}),
+                      ("distributed", {"head and depth trials": HEAD_TRIALS + DEPTH_TRIALS})):
+    for description, total in steps.items():
+      lines = [line for line in logs[name].splitlines()
+               if f"headswap.console:   {description}: " in line]
+      # Fewer trials than tenths: at most a line per trial, and the end line.
+      assert 2 <= len(lines) <= 1 + total, lines
+      assert f"{description}: done, {total}/{total} trials in " in lines[-1]
+    assert "training epochs" not in logs[name]
+  # The base's pass over the images, the pooled features first (trainer/feature_cache.py).
+  images = re.search(r"outputs \(pooled\): done, (\d+)/(\d+) images in ", logs["in_process"])
+  assert images and images[1] == images[2], logs["in_process"]
 
 
 def test_bad_examples_folder_is_named(tmp_path):

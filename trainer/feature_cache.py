@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from components.progress import Advance, ignore, progress
 from trainer import data
 from trainer.backbones import registry
 
@@ -91,29 +92,36 @@ class FrozenOutputs:
       below = self._split_outputs(split, self._deepest)
       part = registry.section(self._base, self._deepest, blocks)
       batches = data.inference_batches(data.examples_of(*below), self._batch_size)
+      total = len(below[1])
     else:
       part = registry.section(self._base, None, blocks)
       batches = data.inference_batches(
           data.views(images, views, self._augmentations, self._seed), self._batch_size)
-    log.info("computing %s outputs %s of %d view(s) once, into %s", self._base.name,
-             f"below its top {blocks} blocks" if blocks else "(pooled)", views, path)
-    features, labels = outputs_of(part, batches)
+      total = data.example_count(files) * views
+    outputs = f"below its top {blocks} blocks" if blocks else "(pooled)"
+    log.info("computing %s outputs %s of %d view(s) once, into %s", self._base.name, outputs,
+             views, path)
+    with progress(f"{self._base.name} outputs {outputs}", total,
+                  "images" if views == 1 else "views") as advance:
+      features, labels = outputs_of(part, batches, advance)
     _write(path, features, labels)
     self.computed[ACTIVATIONS if blocks else POOLED] += 1
     return features, labels
 
 
-def outputs_of(part: keras.Model, batches: tf.data.Dataset) -> Outputs:
+def outputs_of(part: keras.Model, batches: tf.data.Dataset, advance: Advance = ignore) -> Outputs:
   """`part`'s outputs (training=False) and the labels over (inputs, labels) batches."""
-  return collect(tf.function(lambda inputs: part(inputs, training=False)), batches)
+  return collect(tf.function(lambda inputs: part(inputs, training=False)), batches, advance)
 
 
-def collect(predict, batches: tf.data.Dataset) -> Outputs:
-  """predict(inputs) and the labels over (inputs, labels) batches, as arrays."""
+def collect(predict, batches: tf.data.Dataset, advance: Advance = ignore) -> Outputs:
+  """predict(inputs) and the labels over (inputs, labels) batches, as arrays; advance(n)
+  after each batch of n."""
   output_batches, label_batches = [], []
   for inputs, labels in batches:
     output_batches.append(predict(inputs).numpy())
     label_batches.append(labels.numpy())
+    advance(len(label_batches[-1]))
   return np.concatenate(output_batches), np.concatenate(label_batches)
 
 

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from components.progress import progress
 from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
@@ -71,7 +72,8 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                      # One writer per log folder: workers all-reduce the same metrics.
                      run_dir=os.path.join(run_dir, "tensorboard", phase) if is_chief() else None,
                      # Per worker: Keras's backup file cannot take two writers.
-                     backup_dir=os.path.join(run_dir, "backup", task_name(), phase))
+                     backup_dir=os.path.join(run_dir, "backup", task_name(), phase),
+                     description=f"{phase} epochs")
 
   # With both fast paths the images go through the base once, to the fine-tuning cut.
   deepest_cut = hp.fine_tune_blocks if hp.fast_fine_tuning else 0
@@ -193,7 +195,8 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
               eval_examples: Optional[tf.data.Dataset], hp: HParams, batch_size: int, epochs: int,
               initial_epoch: int = 0, augment: bool = False, stop_early: bool = True,
               strategy: Optional[tf.distribute.Strategy] = None, run_dir: Optional[str] = None,
-              backup_dir: Optional[str] = None, restart: bool = False) -> Dict[str, List[float]]:
+              backup_dir: Optional[str] = None, restart: bool = False,
+              description: str = "training epochs") -> Dict[str, List[float]]:
   """Trains `model` on (inputs, label) examples (images, or cached outputs of the frozen part
   below it) and returns the per-epoch metrics, val_loss and val_accuracy on the eval examples
   among them (if given). `stop_early`: stops when val_loss has not improved for hp.patience
@@ -204,6 +207,7 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
   built in its scope and each replica gets batch_size / replicas examples per step.
   `restart`: the model was fitted by this same call before with its weights since reset (a
   Tuner's next fold): its optimizer starts over, and its traced steps are kept.
+  `description` names the epochs' progress bar (components/progress.py).
   """
   distributed = strategy is not None
   strategy = strategy or tf.distribute.get_strategy()
@@ -226,8 +230,10 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
     callbacks.append(keras.callbacks.TensorBoard(run_dir))
   if backup_dir and worker_count() > 1:  # a restarted worker resumes from its last epoch
     callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-  return model.fit(batches, initial_epoch=initial_epoch,
-                   epochs=initial_epoch + epochs, callbacks=callbacks, verbose=0).history
+  with progress(description, epochs, "epochs") as advance:
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: advance()))
+    return model.fit(batches, initial_epoch=initial_epoch,
+                     epochs=initial_epoch + epochs, callbacks=callbacks, verbose=0).history
 
 
 class EvaluateEachEpoch(keras.callbacks.Callback):

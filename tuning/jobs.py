@@ -23,6 +23,7 @@ from keras_tuner.src import protos
 from keras_tuner.src.distribute import oracle_chief
 
 from components import features
+from components.progress import progress
 from trainer import data
 from trainer.hparams import HParams
 from tuning.oracles import DEPTH_PORT_OFFSET, PORT_VARIABLE, stage_oracles
@@ -154,7 +155,10 @@ def supervise(worker_command: Callable[[str, str], List[str]], examples: str, hp
       with open(log_file, "w") as stream:
         processes[worker_id] = subprocess.Popen(worker_command(address, worker_id),
                                                 stdout=stream, stderr=subprocess.STDOUT)
-    _wait(chief, processes, log_files, others_may_join=host != LOOPBACK)
+    with progress("head and depth trials", chief.heads.max_trials + chief.depth.max_trials,
+                  "trials") as done:
+      chief.heads.trial_ended = chief.depth.trial_ended = done  # the oracles end them here
+      _wait(chief, processes, log_files, others_may_join=host != LOOPBACK)
   finally:
     for process in processes.values():
       if process.poll() is None:

@@ -10,11 +10,12 @@ import contextlib
 import logging
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
 
+from components.progress import ignore, progress
 from tuning.space import OBJECTIVE, SearchSpace
 
 log = logging.getLogger("headswap")
@@ -48,6 +49,7 @@ class StageOracle(keras_tuner.oracles.RandomSearchOracle):
     self.first_started: Optional[float] = None
     self.last_ended: Optional[float] = None
     self.verbose = 0  # end_trial logs one line per trial instead of KerasTuner's tables
+    self.trial_ended = ignore  # advances the trials' progress while it is shown
 
   @property
   def finished(self) -> bool:
@@ -59,6 +61,16 @@ class StageOracle(keras_tuner.oracles.RandomSearchOracle):
     if self.first_started and self.last_ended:
       return round(self.last_ended - self.first_started, 1)
     return None
+
+  @contextlib.contextmanager
+  def trials_shown(self, description: str) -> Iterator[None]:
+    """The stage's progress while the block runs, a trial at a time as they end."""
+    with progress(description, self.max_trials, "trials") as advance:
+      self.trial_ended = advance
+      try:
+        yield
+      finally:
+        self.trial_ended = ignore
 
   def _may_start(self) -> bool:
     return (len(self.arrived) >= self.tuners_to_wait_for
@@ -96,6 +108,7 @@ class StageOracle(keras_tuner.oracles.RandomSearchOracle):
     ended = self.trials[trial.trial_id]
     log.info("%s trial %s (%s): %s, %s %s", self.name, ended.trial_id,
              self.workers.get(ended.trial_id), ended.status, self.objective.name, ended.score)
+    self.trial_ended()
 
 
 def stage_oracles(space: SearchSpace, seed: int,

@@ -21,7 +21,9 @@ from typing import Any, Dict, Optional, Tuple
 import keras
 import keras_tuner
 import numpy as np
+from keras_tuner.src.distribute import utils as distribute_utils
 
+from components import progress
 from trainer import data, feature_cache
 from trainer.backbones import registry
 from trainer.hparams import HParams
@@ -133,9 +135,9 @@ class TransferTuner(keras_tuner.Tuner):
   def __init__(self, train_files, eval_files, num_classes, base_hp: HParams,
                space: SearchSpace, feature_cache_dir: str, directory: str,
                overwrite: bool = True):
-    self.heads_oracle, depth_oracle = stage_oracles(space, base_hp.seed)
+    self.heads_oracle, self._depth_oracle = stage_oracles(space, base_hp.seed)
     with oracle_port(DEPTH_PORT_OFFSET):
-      super().__init__(oracle=depth_oracle, directory=directory, project_name=DEPTH,
+      super().__init__(oracle=self._depth_oracle, directory=directory, project_name=DEPTH,
                        overwrite=overwrite)
     self._train_files, self._eval_files = train_files, eval_files
     self._num_classes = num_classes
@@ -160,8 +162,10 @@ class TransferTuner(keras_tuner.Tuner):
                                     self._num_classes, hp, self._space.folds,
                                     directory=self.directory, project_name=HEADS,
                                     overwrite=self._overwrite)
-    self._head_tuner.search(train_outputs, self._space.head_epochs)
-    super().search(*args, **kwargs)
+    with _trials_shown(self.heads_oracle, "head trials"):
+      self._head_tuner.search(train_outputs, self._space.head_epochs)
+    with _trials_shown(self._depth_oracle, "depth trials"):
+      super().search(*args, **kwargs)
 
   def _head(self) -> Tuple[keras.Model, Dict[str, Any], Dict[str, float]]:
     """Stage 1's best head trained as the Trainer's phase 1 will train it (every training
@@ -225,6 +229,14 @@ class TransferTuner(keras_tuner.Tuner):
   def cache_counts(self) -> Dict[str, float]:
     """What this tuner's search computed for the cache, for the summary (tuning/summary.py)."""
     return _cache_counts(self._splits.outputs, self._feature_seconds)
+
+
+def _trials_shown(oracle: StageOracle, description: str):
+  """The stage's progress as its oracle ends trials. A worker's oracles are the chief's, which
+  shows them (tuning/jobs.supervise): the worker shows neither them nor their epochs."""
+  if distribute_utils.has_chief_oracle():
+    return progress.shown_elsewhere()
+  return oracle.trials_shown(description)
 
 
 def _log_printed(function, *args) -> None:
