@@ -125,15 +125,20 @@ class _Bar:
     self._bars = bars
     self._task = bars.add_task(description, total=total, unit=unit)
     self._log = _PlainLines(description, total, unit, log)
+    self._ended = False
 
   def advance(self, count: int = 1) -> None:
-    self._bars.advance(self._task, count)
+    with _lock:
+      if self._ended:  # a trial a failed distributed search's worker ends after the step
+        return
+      self._bars.advance(self._task, count)
     self._log.advance(count)
 
   def end(self) -> None:
     global _bars  # pylint: disable=global-statement
     self._log.end()
     with _lock:
+      self._ended = True
       self._bars.remove_task(self._task)
       if not self._bars.tasks:
         self._bars.stop()
