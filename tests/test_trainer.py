@@ -191,7 +191,8 @@ def test_default_fine_tuning_trains_on_cached_augmented_views(examples, initial_
   run = _train(examples, hp, tmp_path)
   train_count = len(run.train_labels)
   assert train_count == len(read_examples(examples)["train"])
-  rows = sorted(len(np.load(path)["labels"]) for path in glob.glob(str(tmp_path / "cache" / "*")))
+  rows = sorted(len(feature_cache.read(path)[1])
+                for path in glob.glob(str(tmp_path / "cache" / "*")))
   assert hp.views * train_count in rows  # activations and pooled features of the views
   assert run.summary["fine_tune"]["on_cached_activations"]
 

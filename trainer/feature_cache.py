@@ -86,8 +86,7 @@ class FrozenOutputs:
     path = cache_path(self._cache_dir, files, *self._key, f"top{blocks}" if blocks else "",
                       views_key)
     if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path, "rb") as f:
-        return np.load(f), np.load(f)  # read into the arrays in chunks: no copy of the file
+      return read(path)
     if blocks < self._deepest:
       below = self._split_outputs(split, self._deepest)
       part = registry.section(self._base, self._deepest, blocks)
@@ -137,6 +136,12 @@ def _stacked(batches: List[np.ndarray]) -> np.ndarray:
     stacked[start:start + len(batch)] = batch
     start += len(batch)
   return stacked
+
+
+def read(path: str) -> Outputs:
+  """A cache file's (outputs, labels), read into the arrays in chunks: no copy of the file."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    return np.load(f), np.load(f)
 
 
 def _write(path: str, features: np.ndarray, labels: np.ndarray) -> None:
