@@ -145,12 +145,18 @@ def _anomalies_html(artifacts):
 
 
 def _training_html(model_run, folder, predictions, split):
-  from trainer.task import CURVES_FILE, SUMMARY_FILE  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from trainer.task import CURVES_FILE, SUMMARY_FILE
+  from trainer.train import TENSORBOARD_FOLDER
   parts = []
   curves = os.path.join(model_run, CURVES_FILE)
   if tf.io.gfile.exists(curves):
     tf.io.gfile.copy(curves, os.path.join(folder, CURVES_FILE), overwrite=True)
     parts.append(f"<img src='{CURVES_FILE}' alt='learning curves'>")
+  tensorboard = os.path.join(model_run, TENSORBOARD_FOLDER)
+  if tf.io.gfile.exists(tensorboard):
+    parts.append(f"<p>Every step's curves: <code>tensorboard --logdir "
+                 f"{html.escape(tensorboard)}</code></p>")
   summary = read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
     parts.append(_phases_html(summary, predictions, split))

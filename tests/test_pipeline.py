@@ -82,6 +82,7 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
   assert "BLESSED" in report
   assert "chance for 2 classes: 0.5000" in report and "no baseline" in report
   assert os.path.exists(os.path.join(output, "report", "learning_curves.png"))
+  assert f"tensorboard --logdir {artifacts['Trainer.model_run']}/tensorboard" in report
   assert "after phase 1 (frozen base)" in report
   # The shipped phase's accuracy on the test split, from the BulkInferrer's predictions, is
   # TFMA's (and phase 1's too when phase 2 was kept: trainer/export.py).

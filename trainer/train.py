@@ -21,6 +21,7 @@ from trainer.strategy import distribution_strategy, is_chief, task_name, worker_
 
 log = logging.getLogger("headswap")
 FROZEN, FINE_TUNE = "frozen", "fine_tune"
+TENSORBOARD_FOLDER = "tensorboard"  # in the run folder, a subfolder per phase
 STEPS_PER_EXECUTION = 64
 
 
@@ -70,7 +71,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                      epochs, initial_epoch=initial_epoch, augment=augment,
                      stop_early=hp.stop_early, strategy=strategy,
                      # One writer per log folder: workers all-reduce the same metrics.
-                     run_dir=os.path.join(run_dir, "tensorboard", phase) if is_chief() else None,
+                     run_dir=os.path.join(run_dir, TENSORBOARD_FOLDER, phase) if is_chief() else None,
                      # Per worker: Keras's backup file cannot take two writers.
                      backup_dir=os.path.join(run_dir, "backup", task_name(), phase),
                      description=f"{phase} epochs")
