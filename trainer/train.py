@@ -71,7 +71,8 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                      epochs, initial_epoch=initial_epoch, augment=augment,
                      stop_early=hp.stop_early, strategy=strategy,
                      # One writer per log folder: workers all-reduce the same metrics.
-                     run_dir=os.path.join(run_dir, TENSORBOARD_FOLDER, phase) if is_chief() else None,
+                     run_dir=(os.path.join(run_dir, TENSORBOARD_FOLDER, phase) if is_chief()
+                              else None),
                      # Per worker: Keras's backup file cannot take two writers.
                      backup_dir=os.path.join(run_dir, "backup", task_name(), phase),
                      description=f"{phase} epochs")

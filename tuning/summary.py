@@ -46,7 +46,7 @@ def summarize(heads: StageOracle, depth: StageOracle,
                              # of the head trained on all of train, on the eval split
                              **{f"eval_{name}": tuned_trial and metric(tuned_trial, frozen)
                                 for name, frozen in FROZEN.items()},
-                             EVAL_IMAGES: tuned_trial and metric(tuned_trial, EVAL_IMAGES)},
+                             EVAL_IMAGES: tuned_trial and int(metric(tuned_trial, EVAL_IMAGES))},
       "best_fine_tune": best_tuned and {
           "score": best_tuned["score"], "val_accuracy": best_tuned["val_accuracy"],
           LOSS: best_tuned[LOSS], "epochs": best_tuned[EPOCHS],
