@@ -123,10 +123,12 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
     frozen_weights = classifier.get_weights()
     with strategy.scope():
       unfrozen = registry.unfreeze_top_blocks(base, hp.fine_tune_blocks)
-      _, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
+      bottom, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
       # Sharing its layers with `classifier`: training one trains the other.
       tuned = build_classifier(top, head) if hp.fast_fine_tuning else classifier
-    frozen_top_weights = top.get_weights()
+    # The top as phase 1 left it, kept apart for the test accuracy after phase 1.
+    frozen_top = keras.models.clone_model(top)
+    frozen_top.set_weights(top.get_weights())
     if hp.fast_fine_tuning:
       # The bottom stays frozen: its output for each view, computed once, stands in for the
       # images.
@@ -145,7 +147,7 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
       classifier.set_weights(frozen_weights)
     else:
       shipped = tuned, fine_unaugmented
-      both_phases = _both_phases(base, head, frozen_head, frozen_top_weights, hp)
+      both_phases = _both_phases(bottom, top, head, frozen_top, frozen_head)
     history += _rows(fine, FINE_TUNE, first_epoch=len(history))
     summary["fine_tune"] = {"blocks": hp.fine_tune_blocks, "layers_unfrozen": len(unfrozen),
                             "epochs": len(fine["loss"]), **best,
@@ -161,18 +163,14 @@ def train(train_files: List[str], eval_files: List[str], num_classes: int, hp: H
                      frozen_head, both_phases)
 
 
-def _both_phases(base: keras.Model, head: keras.Model, frozen_head: keras.Model,
-                 frozen_top_weights: List[np.ndarray], hp: HParams) -> keras.Model:
+def _both_phases(bottom: keras.Model, top: keras.Model, head: keras.Model,
+                 frozen_top: keras.Model, frozen_head: keras.Model) -> keras.Model:
   """pixels -> [probabilities after phase 2, after phase 1]: the frozen bottom of the base
-  once, then its fine-tuned top under the head, and a copy of the top with its weights from
-  before phase 2 under phase 1's head. The copy adds the top blocks' compute only."""
-  bottom, top = registry.split_at_top_blocks(base, hp.fine_tune_blocks)
-  copy = registry.build_base(hp.backbone, "none", hp.image_size or None)
-  _, frozen_top = registry.split_at_top_blocks(copy, hp.fine_tune_blocks)
-  frozen_top.set_weights(frozen_top_weights)
+  once, then its fine-tuned top under the head, and the top as phase 1 left it under phase
+  1's head. The copy adds the top blocks' compute only."""
   # One model of the copy's layers: a nested model named as the base's top would clash.
   phase_1 = keras.Model(frozen_top.input, frozen_head(frozen_top.output), name="phase_1")
-  pixels = keras.Input(base.input_shape[1:], name="pixels")
+  pixels = keras.Input(bottom.input_shape[1:], name="pixels")
   activations = bottom(pixels, training=False)
   return keras.Model(pixels, [head(top(activations, training=False), training=False),
                               phase_1(activations, training=False)], name="both_phases")
