@@ -9,7 +9,8 @@ and each combination of them (features side by side: a cheap ensemble), on the t
 logistic regression (C by 5-fold CV) and the project's head (trainer/model.py build_head,
 default HParams, early stopping on a fifth of train as the Trainer does), each scored on the
 test split plain and with flip TTA (mean of the image's and its mirror's probabilities), trained
-on the train images alone or on them and their mirrors. Prints one JSON object.
+on the train images alone, or with their mirrors, or with the pipeline's augmented view of each
+(trainer/data.py views). Prints one JSON object.
 """
 
 import argparse
@@ -55,6 +56,18 @@ def pixels_of(images, image_size):
   return np.stack(list(dataset.as_numpy_iterator()))
 
 
+def augmented_view(pixels):
+  """View 1 of each image as trainer/data.py views makes it with the default HParams."""
+  import tensorflow as tf
+
+  from trainer import data
+  from trainer.hparams import HParams
+
+  hp = HParams()
+  return np.stack([data.augment(tf.constant(image), tf.constant([hp.seed + 1, i], tf.int64),
+                                hp.augmentations).numpy() for i, image in enumerate(pixels)])
+
+
 def extract(base, pixels):
   """(pooled features [N, D], seconds of the forward pass alone: [wall, CPU of this process]).
 
@@ -75,7 +88,7 @@ def cache_file(cache, backbone):
 
 
 def backbone_features(backbone, splits, cache):
-  """{train, train_flip, test, test_flip, train_labels, test_labels, images_per_s,
+  """{train, train_flip, train_view, test, test_flip, train_labels, test_labels, images_per_s,
   images_per_cpu_s} of "name" or "name@size" (a name may join backbones side by side with
   "+", as the pipeline's base: trainer/backbones/registry.py build_base)."""
   path = cache_file(cache, backbone)
@@ -93,6 +106,8 @@ def backbone_features(backbone, splits, cache):
     result[f"{split}_flip"], flip_seconds = extract(base, pixels[:, :, ::-1])
     result[f"{split}_labels"] = labels
     seconds += split_seconds + flip_seconds
+  # The pipeline's second cached view of each training image (HParams views, augment).
+  result["train_view"], _ = extract(base, augmented_view(pixels_of(splits["train"][0], size)))
   extracted = 2 * sum(len(labels) for _, labels in splits.values())
   result["images_per_s"], result["images_per_cpu_s"] = extracted / seconds
   os.makedirs(cache, exist_ok=True)
@@ -141,10 +156,10 @@ def scores(features, classifier, seed):
   """Test accuracy of one classifier, per training set (plain or + mirrors) and TTA."""
   test_y = features["test_labels"]
   results = {}
-  for train_set in ("train", "train+flip"):
+  for train_set in ("train", "train+flip", "train+view"):
     train_x, train_y = features["train"], features["train_labels"]
-    if train_set == "train+flip":
-      train_x = np.concatenate([train_x, features["train_flip"]])
+    if train_set != "train":
+      train_x = np.concatenate([train_x, features[f"train_{train_set[6:]}"]])
       train_y = np.concatenate([train_y, train_y])
     probabilities = CLASSIFIERS[classifier](train_x, train_y, seed)
     plain = probabilities(features["test"])
@@ -158,7 +173,7 @@ def concatenated(all_features):
   """One feature vector per image from several backbones, side by side: a cheap ensemble."""
   first = next(iter(all_features.values()))
   joined = {key: np.concatenate([f[key] for f in all_features.values()], axis=1)
-            for key in ("train", "train_flip", "test", "test_flip")}
+            for key in ("train", "train_flip", "train_view", "test", "test_flip")}
   return {**joined, "train_labels": first["train_labels"], "test_labels": first["test_labels"]}
 
 

@@ -166,7 +166,7 @@ def test_with_the_tuners_epoch_counts_the_eval_split_trains_too(examples, initia
   assert len(run.train_labels) == sum(split_sizes) == 20 and min(split_sizes) > 0
 
 
-def test_views_are_the_image_then_the_same_augmented_views_every_time(examples):
+def test_views_are_the_image_its_mirror_then_the_same_augmented_views_every_time(examples):
   images = data.decoded_images([os.path.join(examples, "Split-eval", "*")], SIZE)
   count = data.count(images)
 
@@ -179,7 +179,8 @@ def test_views_are_the_image_then_the_same_augmented_views_every_time(examples):
   np.testing.assert_array_equal(first[:count], np.stack([x for x, _ in
                                                           images.as_numpy_iterator()]))
   assert len(first) == 3 * count
-  assert all(not np.array_equal(first[i], first[i + count]) for i in range(count))
+  np.testing.assert_array_equal(first[count:2 * count], first[:count, :, ::-1])  # the mirror
+  assert all(not np.array_equal(first[i], first[i + 2 * count]) for i in range(count))
 
 
 def test_default_fine_tuning_trains_on_cached_augmented_views(examples, initial_weights,

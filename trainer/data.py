@@ -82,10 +82,20 @@ def augment(image: tf.Tensor, seed: tf.Tensor, names: Sequence[str]) -> tf.Tenso
 
 def views(images: tf.data.Dataset, count: int, names: Sequence[str],
           seed: int) -> tf.data.Dataset:
-  """(pixels, label) of each image `count` times: as it is, then count - 1 augmented views.
-  View-major: element v * N + i is view v of image i, the same one every time."""
+  """(pixels, label) of each image `count` times: as it is, its mirror if "flip" is among the
+  names, then random augmented views. View-major: element v * N + i is view v of image i, the
+  same one every time.
+
+  The mirror before random views: frozen features, project head on the image and one more view
+  (bench/frozen_features.py, 300 px, 199 test photos): cat_breeds Lite2 73.9% with the mirror,
+  72.4% with a random crop and flip; Lite1+Lite2 76.4% and 73.9%."""
   dataset = images
   for view in range(1, count):
+    if view == 1 and "flip" in names:
+      dataset = dataset.concatenate(images.map(
+          lambda pixels, label: (tf.image.flip_left_right(pixels), label),
+          num_parallel_calls=AUTOTUNE))
+      continue
     dataset = dataset.concatenate(images.enumerate().map(
         lambda i, example, view=view: (
             augment(example[0], tf.stack([tf.constant(seed + view, tf.int64), i]), names),

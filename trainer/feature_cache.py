@@ -81,8 +81,8 @@ class FrozenOutputs:
   def _split_outputs(self, split: int, blocks: int) -> Outputs:
     chosen = self._splits[split]
     files, images, views = chosen.files, chosen.images, chosen.views
-    views_key = (f"{views}|{','.join(self._augmentations)}|{self._seed}|{data.CROP_AREAS}|"
-                 f"{data.CROP_ASPECT_RATIOS}" if views > 1 else "")
+    views_key = (f"{views}|mirror-first|{','.join(self._augmentations)}|{self._seed}|"
+                 f"{data.CROP_AREAS}|{data.CROP_ASPECT_RATIOS}" if views > 1 else "")
     path = cache_path(self._cache_dir, files, *self._key, f"top{blocks}" if blocks else "",
                       views_key)
     if tf.io.gfile.exists(path):

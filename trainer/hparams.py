@@ -43,7 +43,7 @@ class HParams:
   feature_batch_size: int = 256  # per replica
   augment: str = ",".join(AUGMENTATIONS)  # comma list, or "" for none
   # The fast paths train on cached outputs of this many views of each training image: the
-  # image, then augmented views (one pass of the base each). Heads on cat_breeds (Lite0, 199
+  # image, its mirror, then augmented views (data.views; one pass of the base each). Heads on cat_breeds (Lite0, 199
   # test photos): 1 view 66.8-68.8%, 2 views 68.8-70.4%, 4 views 71.9-72.4%, but 4 did not
   # beat 2 on Lite2 or Lite0+Lite2; 4 views cost cats_vs_dogs 84 s of base passes.
   views: int = 2
