@@ -667,11 +667,11 @@ def _free_port() -> int:
     return probe.getsockname()[1]
 
 
-def test_headswap_serve_in_a_vertex_ai_container(exported):
-  """Only Vertex AI's variables, no flags: its port, its routes, and AIP_STORAGE_URI naming one
-  SavedModel (served as version 1)."""
+def _serve_as_a_vertex_ai_container(storage_uri: str, environment: dict) -> None:
+  """Runs `headswap serve` with only Vertex AI's variables, no flags, and talks to it: its
+  port, its health route, and its predict route taking Vertex's {"instances": [...]}."""
   port, routes = _free_port(), "/v1/endpoints/7/deployedModels/8"
-  environment = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": exported,
+  environment = {**environment, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": storage_uri,
                  "AIP_PREDICT_ROUTE": f"{routes}:predict", "AIP_HEALTH_ROUTE": routes}
   server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve"], env=environment)
   url = f"http://127.0.0.1:{port}"
@@ -687,13 +687,25 @@ def test_headswap_serve_in_a_vertex_ai_container(exported):
     _wait_until(healthy, "healthy", seconds=180)  # importing TensorFlow on a busy machine
     (status,) = httpx.get(url + routes).json()["model_version_status"]
     assert status["version"] == "1" and status["state"] == "AVAILABLE"
-    vertex_request = {"instances": [{"images": b64(jpeg(0))}], "parameters": {}}
+    vertex_request = {"instances": [{"images": b64(jpeg(0))}, b64(jpeg(1))], "parameters": {}}
     response = httpx.post(f"{url}{routes}:predict", json=vertex_request)
     assert response.status_code == 200, response.text
-    assert response.json()["predictions"][0]["class_name"] in CLASSES
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2 and all(p["classes"] == CLASSES for p in predictions)
   finally:
     server.terminate()
     server.wait(60)
+
+
+def test_headswap_serve_in_a_vertex_ai_container(exported):
+  """AIP_STORAGE_URI naming one SavedModel, served as version 1."""
+  _serve_as_a_vertex_ai_container(exported, os.environ)
+
+
+def test_headswap_serve_in_a_vertex_ai_container_reads_the_model_from_gs(layout_model, gcs):
+  """As Vertex AI gives it: AIP_STORAGE_URI on Cloud Storage (a local emulator, tests/gcs.py;
+  the small layout model, as the emulator's TensorFlow plugin reads at most 256 KiB a file)."""
+  _serve_as_a_vertex_ai_container(gcs.upload(layout_model, "vertex/model"), gcs.env)
 
 
 def _model_config(*models: str) -> str:
