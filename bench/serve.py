@@ -19,6 +19,7 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -171,7 +172,7 @@ async def run_requests(url, requests, clients):
 
 def batch_counters(url):
   lines = httpx.get(f"{url}/monitoring/prometheus/metrics").text.splitlines()
-  values = {line.split("{")[0]: float(line.split()[-1]) for line in lines
+  values = {re.split(r"[{ ]", line)[0]: float(line.split()[-1]) for line in lines
             if not line.startswith("#")}
   return values["headswap_batches_total"], values["headswap_predicted_images_total"]
 

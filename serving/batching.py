@@ -1,4 +1,4 @@
-"""Micro-batching: images from all concurrent requests share one model call.
+"""Micro-batching: images (or tf.Examples) from all concurrent requests share one model call.
 
 One thread makes every model call. While a call runs, new images queue up, and the next call
 takes all of them (up to max_batch_size), so batches grow with the load by themselves. When
@@ -23,7 +23,8 @@ log = logging.getLogger("headswap")
 @dataclasses.dataclass
 class _Pending:
   model: LoadedModel  # chosen when the request arrived, so a version swap never splits it
-  image: bytes
+  signature: str
+  value: bytes  # an encoded image or a serialized tf.Example, as the signature takes
   future: asyncio.Future
 
 
@@ -44,12 +45,13 @@ class MicroBatcher:
     self._queue.put(None)
     self._thread.join()
 
-  async def predict(self, model: LoadedModel, images: Sequence[bytes]) -> List[Outcome]:
-    """Outcomes in the order of `images`; they may ride in different batches."""
+  async def predict(self, model: LoadedModel, signature: str,
+                    values: Sequence[bytes]) -> List[Outcome]:
+    """Outcomes in the order of `values`; they may ride in different batches."""
     loop = asyncio.get_running_loop()
-    futures = [loop.create_future() for _ in images]
-    for image, future in zip(images, futures):
-      self._queue.put(_Pending(model, image, future))
+    futures = [loop.create_future() for _ in values]
+    for value, future in zip(values, futures):
+      self._queue.put(_Pending(model, signature, value, future))
     outcomes = await asyncio.gather(*futures, return_exceptions=True)  # no orphaned errors
     for outcome in outcomes:
       if isinstance(outcome, BaseException) and not isinstance(outcome, RequestError):
@@ -61,8 +63,9 @@ class MicroBatcher:
       batch = self._next_batch()
       if batch is None:
         return
-      for model, group in itertools.groupby(batch, key=lambda pending: pending.model):
-        self._call(model, list(group))
+      for (model, signature), group in itertools.groupby(
+          batch, key=lambda pending: (pending.model, pending.signature)):
+        self._call(model, signature, list(group))
 
   def _next_batch(self) -> Optional[List[_Pending]]:
     first = self._queue.get()
@@ -81,11 +84,11 @@ class MicroBatcher:
       batch.append(pending)
     return batch
 
-  def _call(self, model: LoadedModel, group: List[_Pending]) -> None:
+  def _call(self, model: LoadedModel, signature: str, group: List[_Pending]) -> None:
     self.batches += 1
     self.images += len(group)
     try:
-      outcomes = model.predict([pending.image for pending in group])
+      outcomes = model.predict([pending.value for pending in group], signature)
     except Exception as error:  # e.g. out of memory: fail these requests, keep serving
       log.exception("model call on %d images failed", len(group))
       for pending in group:

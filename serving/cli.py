@@ -60,14 +60,19 @@ def _host_names(text: str):
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-  vertex_model = os.environ.get(VERTEX_MODEL)
-  parser.add_argument("--model-base-path", default=vertex_model, required=not vertex_model,
+  parser.add_argument("--model-base-path", default=os.environ.get(VERTEX_MODEL),
                       help="folder of numbered SavedModel versions, e.g. OUTPUT/serving/<name>; "
                            "the newest is served and newer pushes replace it without a restart "
                            "(a SavedModel folder is served as version 1; default: "
                            f"${VERTEX_MODEL})")
   parser.add_argument("--model-name", default="",
                       help="the name in /v1/models/<name> (default: the base path's last folder)")
+  parser.add_argument("--model-config-file", "--model_config_file", metavar="FILE",
+                      help="several models instead of --model-base-path: TF Serving's "
+                           "text-format ModelServerConfig, model_config_list { config { name: "
+                           "\"pets\" base_path: \"/models/pets\" model_platform: "
+                           "\"tensorflow\" } ... } (version_labels too); --health-route and "
+                           "--predict-route are the first model's")
   parser.add_argument("--host", default=DEFAULT_HOST,
                       help="address to listen on; other than loopback needs --allow-remote")
   parser.add_argument("--allow-remote", action="store_true",
@@ -124,10 +129,17 @@ def serve_main(args: argparse.Namespace) -> None:
     sys.exit(f"headswap serve: --host {args.host} is not a loopback address, so other machines "
              "could call this server, which has no authentication. Add --allow-remote if "
              "that is intended.")
+  if bool(args.model_config_file) == bool(args.model_base_path):
+    sys.exit(f"headswap serve: give either --model-base-path (or set ${VERTEX_MODEL}) or "
+             "--model-config-file")
+  if args.model_config_file and (args.model_name or args.version_labels):
+    sys.exit("headswap serve: with --model-config-file, name models and label versions in the "
+             "file (name, version_labels), not with --model-name or --version-labels")
   from serving import server  # pylint: disable=import-outside-toplevel
 
   config = ServerConfig(
-      model_base_path=args.model_base_path, model_name=args.model_name,
+      model_base_path=args.model_base_path or "", model_name=args.model_name,
+      model_config_file=args.model_config_file,
       max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
       max_instances=args.max_instances, max_body_bytes=args.max_body_bytes,
       max_pixels=args.max_pixels, poll_seconds=args.poll_seconds,
@@ -137,7 +149,7 @@ def serve_main(args: argparse.Namespace) -> None:
       allowed_hosts=args.allowed_hosts or ServerConfig.allowed_hosts + _host_names(args.host))
   try:
     server.run(config, args.host, args.port)
-  except server.NoModelError as error:
+  except (server.NoModelError, ValueError, OSError) as error:
     sys.exit(f"headswap serve: {error}")
 
 

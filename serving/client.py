@@ -4,7 +4,7 @@ from a server over TF Serving's REST API."""
 import base64
 import dataclasses
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import httpx
 
@@ -15,20 +15,20 @@ MODEL_URL = re.compile(r"(?P<server>.+?)/v1/models/(?P<name>[^/:]+)/?")
 # The signature :predict calls without a signature_name, and its outputs (trainer/export.py)
 # this client reads; literals, as importing export would import TensorFlow.
 DEFAULT_SIGNATURE = "serving_default"
-OUTPUTS_READ = {"probabilities", "class_index", "class_name"}
+OUTPUTS_READ = {"probabilities", "classes"}
 
 
 @dataclasses.dataclass
 class ImageResult:
   path: str
   probabilities: Optional[List[float]] = None
-  class_names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # by class index
+  class_names: Sequence[str] = ()  # in the order of probabilities
   error: Optional[str] = None
 
   def top(self, k: int):
     """[(class name, probability)] of the k most probable classes."""
     ranked = sorted(enumerate(self.probabilities), key=lambda pair: -pair[1])[:k]
-    return [(self.class_names.get(i, f"class {i}"), p) for i, p in ranked]
+    return [(self.class_names[i], p) for i, p in ranked]
 
 
 class ServerError(Exception):
@@ -59,7 +59,7 @@ def predict_local(model_path: str, image_paths: Sequence[str],
   model = models.LoadedModel(export.resolve_saved_model(model_path))
   results, readable = [], []
   for path in image_paths:
-    result = ImageResult(path, class_names=dict(enumerate(model.class_names)))
+    result = ImageResult(path, class_names=model.class_names)
     results.append(result)
     try:
       readable.append((result, images.upright_rgb(_read(path), max_pixels)))
@@ -71,7 +71,7 @@ def predict_local(model_path: str, image_paths: Sequence[str],
       if isinstance(outcome, RequestError):
         result.error = str(outcome)
       else:
-        result.probabilities = outcome.probabilities
+        result.probabilities = outcome["probabilities"]
   return results
 
 
@@ -88,12 +88,9 @@ def predict_remote(server_url: str, model_name: str, image_paths: Sequence[str],
 def _predict_each(http: httpx.Client, model_name: str,
                   image_paths: Sequence[str]) -> List[ImageResult]:
   _check_outputs(_answer(http.get(f"/v1/models/{model_name}/metadata")))
-  # The signature names only each image's top class (class_name), and TF Serving has no other
-  # place for names: a class is named once some answer has named it.
-  class_names: Dict[int, str] = {}
   results = []
   for path in image_paths:
-    result = ImageResult(path, class_names=class_names)
+    result = ImageResult(path)
     results.append(result)
     try:
       body = {"instances": [{"b64": base64.b64encode(_read(path)).decode()}]}
@@ -103,8 +100,8 @@ def _predict_each(http: httpx.Client, model_name: str,
     response = http.post(f"/v1/models/{model_name}:predict", json=body)
     if response.status_code == 200:
       (prediction,) = response.json()["predictions"]
-      result.probabilities = prediction["probabilities"]
-      class_names[prediction["class_index"]] = prediction["class_name"]
+      # The signature's own class names: what any TF Serving client gets, no side channel.
+      result.probabilities, result.class_names = prediction["probabilities"], prediction["classes"]
     else:
       result.error = _error_message(response)
   return results
@@ -123,7 +120,7 @@ def _check_outputs(metadata: dict) -> None:
 
 def print_top_k(results: Sequence[ImageResult], k: int) -> int:
   """Prints each image's top k classes (or its error); returns how many images failed."""
-  width = max((len(name) for r in results for name in r.class_names.values()), default=0)
+  width = max((len(name) for r in results for name in r.class_names), default=0)
   for result in results:
     print(result.path)
     if result.error:

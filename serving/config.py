@@ -7,10 +7,20 @@ from typing import Dict, Optional, Tuple
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  name: str  # in the URLs
+  base_path: str  # holds <version>/ SavedModel folders, as the Pusher writes them
+  # /labels/<label> in a URL means /versions/<number>, as TF Serving's version_labels.
+  version_labels: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class ServerConfig:
-  model_base_path: str  # holds <version>/ SavedModel folders, as the Pusher writes them
+  model_base_path: str = ""  # holds <version>/ SavedModel folders, as the Pusher writes them
   model_name: str = ""  # in the URLs; default: the base path's last folder
+  # Several models instead (serving/model_config.py); the routes below are its first model's.
+  model_config_file: Optional[str] = None
   max_batch_size: int = 8  # a cap: concurrent requests set the actual batch size
   batch_timeout_ms: float = 2.0
   max_instances: int = 64  # images per request

@@ -1,16 +1,15 @@
 """Exported model versions, on disk or gs://, loaded for serving (the contract is
 trainer/export.py)."""
 
-import dataclasses
-import io
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 from components import filesystem
 from serving.errors import RequestError, bad_request
@@ -20,48 +19,69 @@ log = logging.getLogger("headswap")
 story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)
 
 
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-  probabilities: List[float]
-  class_index: int
-  class_name: str
-
-
-Outcome = Union[Prediction, RequestError]  # per image: an answer, or why its bytes failed
+Outputs = Dict[str, Any]  # one instance's outputs, by name, as JSON values
+Outcome = Union[Outputs, RequestError]  # per instance: an answer, or why its bytes failed
 
 
 class LoadedModel(export.ExportedModel):
-  """One SavedModel version, checked before it serves, callable on a batch of encoded images."""
+  """One SavedModel version, checked and warmed up before it serves, callable on a batch of
+  encoded images (serving_default) or serialized tf.Examples (from_examples)."""
 
   def __init__(self, path: str, version: int = 0):
     super().__init__(path)
     self.version = version
     self.signature_defs = _signature_defs(path)
     self._check_contract()
+    self._warm_up()
 
-  def predict(self, images: Sequence[bytes]) -> List[Outcome]:
-    """One model call for all images. If the decoder rejects one (bytes with a valid header
-    but corrupt data), each image is retried alone so only the bad one fails."""
+  def predict(self, values: Sequence[bytes],
+              signature: str = export.SERVING_SIGNATURE) -> List[Outcome]:
+    """One model call for all values. If the graph rejects one (an image with a valid header
+    but corrupt data, bytes that are no tf.Example), each is retried alone so only the bad
+    one fails."""
     try:
-      outputs = self.serve(images=tf.constant(list(images)))
+      outputs = self._saved_model.signatures[signature](
+          **{export.INPUT_OF[signature]: tf.constant(list(values))})
     except tf.errors.InvalidArgumentError as error:
-      if len(images) == 1:
-        return [bad_request(f"the model could not decode the image: {_reason(error)}")]
-      return [outcome for image in images for outcome in self.predict([image])]
-    return [Prediction(probabilities.tolist(), int(index), name.decode())
-            for probabilities, index, name in zip(outputs["probabilities"].numpy(),
-                                                  outputs["class_index"].numpy(),
-                                                  outputs["class_name"].numpy())]
+      if len(values) == 1:
+        return [bad_request(f"the model could not read it: {_reason(error)}")]
+      return [outcome for value in values for outcome in self.predict([value], signature)]
+    columns = {name: _json_values(tensor.numpy()) for name, tensor in outputs.items()}
+    return [{name: column[row] for name, column in columns.items()}
+            for row in range(len(values))]
 
   def _check_contract(self):
-    """A call on one small image before serving: traces nothing later, and a version that
-    does not keep the contract fails here rather than on a client's request."""
-    pixel = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(pixel, format="PNG")
-    (outcome,) = self.predict([pixel.getvalue()])
-    if not isinstance(outcome, Prediction) or len(outcome.probabilities) != len(self.class_names):
+    """A call on one small image before serving: a version that does not keep the contract
+    fails here rather than on a client's request."""
+    (outcome,) = self.predict([export.sample_image()])
+    if not isinstance(outcome, dict) or len(outcome.get(export.PROBABILITIES, ())) != len(
+        self.class_names):
       raise ValueError(f"{self.path} does not answer with one probability per class name "
                        f"({len(self.class_names)}): {outcome}")
+
+  def _warm_up(self):
+    """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does at load: each
+    signature's first call traces and allocates, and a client should not wait for that. A
+    request that fails fails the load, as in TF Serving."""
+    path = os.path.join(self.path, "assets.extra", export.WARMUP_FILE)
+    if not filesystem.exists(path):  # exported before warm-up requests were written
+      return
+    for index, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+      request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+      signature = request.model_spec.signature_name or export.SERVING_SIGNATURE
+      try:
+        self._saved_model.signatures[signature](
+            **{name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()})
+      except (KeyError, TypeError, tf.errors.OpError) as error:
+        raise ValueError(f"warm-up request {index} of {path} ({signature!r}) failed: "
+                         f"{type(error).__name__}: {error}") from error
+
+
+def _json_values(array: np.ndarray) -> list:
+  """A batch of outputs as JSON values: strings decoded, as TF Serving gives DT_STRING."""
+  if array.dtype == object:
+    array = np.char.decode(array.astype(bytes), "utf-8")
+  return array.tolist()
 
 
 def _reason(error: tf.errors.OpError) -> str:

@@ -1,5 +1,6 @@
-"""TF Serving's REST wire format, for the one input and three outputs of our signature:
-:predict, and :classify (every class's [name, probability]).
+"""TF Serving's REST wire format for trainer/export.py's signatures: :predict of serving_default
+(images) or from_examples (serialized tf.Examples), and :classify (every class's [name,
+probability]).
 
 See https://www.tensorflow.org/tfx/serving/api_rest: a client of TF Serving works unchanged.
 """
@@ -10,21 +11,27 @@ import dataclasses
 import json
 from typing import Dict, List, Optional, Sequence
 
+from google.protobuf import message
+from tensorflow.core.example import example_pb2 as tf_example
+
 from components import features
 from serving.errors import RequestError, bad_request, not_found, too_large
 from serving.images import upright_rgb
-from serving.models import LoadedModel, Prediction
+from serving.models import LoadedModel, Outputs
 from trainer import export
 
 B64 = "b64"
 IMAGE_FORMAT = f'{{"{B64}": "<base64 image>"}}'
+VALUE_FORMAT = {export.SERVING_SIGNATURE: IMAGE_FORMAT,
+                export.EXAMPLES_SIGNATURE: f'{{"{B64}": "<base64 serialized tf.Example>"}}'}
 B64_SLICE_CHARS = 1 << 20  # a multiple of 4; a few milliseconds of decoding each
 
 
 @dataclasses.dataclass
-class ImageRequest:
+class ParsedRequest:
   method: str  # "predict" or "classify"
-  images: List[bytes]
+  signature: str
+  values: List[bytes]  # what the signature takes: encoded images or serialized tf.Examples
   columnar: bool = False  # :predict with "inputs" in, "outputs" out
 
 
@@ -37,9 +44,10 @@ def check_method(method: str) -> None:
     raise not_found(f"no method :{method}: use :predict or :classify")
 
 
-def parse_request(method: str, body: bytes, max_instances: int, max_pixels: int) -> ImageRequest:
-  """The images of a :predict or :classify body, each decoded as ingest decodes it (upright
-  RGB JPEG or PNG bytes); raises RequestError naming the problem."""
+def parse_request(method: str, body: bytes, max_instances: int,
+                  max_pixels: int) -> ParsedRequest:
+  """The images (or tf.Examples) of a :predict or :classify body, each image decoded as ingest
+  decodes it (upright RGB JPEG or PNG bytes); raises RequestError naming the problem."""
   try:
     request = json.loads(body)
   except (ValueError, RecursionError) as error:
@@ -48,32 +56,51 @@ def parse_request(method: str, body: bytes, max_instances: int, max_pixels: int)
   if not isinstance(request, dict):
     raise bad_request(f"the request must be a JSON object with {wanted}")
   signature = request.get("signature_name") or export.SERVING_SIGNATURE
-  if signature != export.SERVING_SIGNATURE:
-    raise bad_request(f"signature_name {signature!r} not found: this server serves "
-                      f"{export.SERVING_SIGNATURE!r}")
+  served = [export.SERVING_SIGNATURE] if method == "classify" else list(export.INPUT_OF)
+  if signature not in served:
+    raise bad_request(f"signature_name {signature!r} not found: :{method} serves {served}")
   if method == "classify":
-    return ImageRequest(method, _decoded(_examples(request), max_instances, max_pixels))
+    return ParsedRequest(method, signature,
+                         _decoded(_examples(request), signature, max_instances, max_pixels))
   if ("instances" in request) == ("inputs" in request):
     raise bad_request('the request must have either "instances" (row format) or "inputs" '
                       "(columnar format), not both or neither")
   columnar = "inputs" in request
-  values = _column(request["inputs"]) if columnar else _rows(request["instances"])
-  return ImageRequest(method, _decoded(values, max_instances, max_pixels), columnar)
+  values = (_column(request["inputs"], signature) if columnar
+            else _rows(request["instances"], signature))
+  return ParsedRequest(method, signature, _decoded(values, signature, max_instances, max_pixels),
+                       columnar)
 
 
-def _decoded(values: list, max_instances: int, max_pixels: int) -> List[bytes]:
+def _decoded(values: list, signature: str, max_instances: int, max_pixels: int) -> List[bytes]:
   if not values:
-    raise bad_request("the request has no images")
+    raise bad_request("the request has no instances")
   if len(values) > max_instances:
-    raise too_large(f"{len(values)} images in one request, over the limit of {max_instances} "
-                    "(--max-instances)")
-  images = []
+    raise too_large(f"{len(values)} instances in one request, over the limit of "
+                    f"{max_instances} (--max-instances)")
+  decoded = []
   for index, value in enumerate(values):
     try:
-      images.append(upright_rgb(_decode_b64(value), max_pixels))
+      data = _decode_b64(value, signature)
+      decoded.append(upright_rgb(data, max_pixels) if signature == export.SERVING_SIGNATURE
+                     else _upright_example(data, max_pixels))
     except RequestError as error:
       raise error.for_image(index) from error
-  return images
+  return decoded
+
+
+def _upright_example(data: bytes, max_pixels: int) -> bytes:
+  """The tf.Example with its image decoded as an image request's is: the same limits, and the
+  same pixels for the model (ingest's examples hold upright RGB images already, kept as is)."""
+  try:
+    example = tf_example.Example.FromString(data)
+  except message.DecodeError as error:
+    raise bad_request(f"not a serialized tf.Example: {error}") from error
+  image = example.features.feature[features.IMAGE].bytes_list.value
+  if len(image) != 1:
+    raise bad_request(f'the tf.Example has {len(image)} "{features.IMAGE}" bytes values, not 1')
+  image[0] = upright_rgb(image[0], max_pixels)
+  return example.SerializeToString()
 
 
 def _examples(request: dict) -> list:
@@ -100,27 +127,28 @@ def _examples(request: dict) -> list:
   return values
 
 
-def _rows(instances) -> list:
-  """[{"b64": ...}, ...] or [{"images": {"b64": ...}}, ...]."""
+def _rows(instances, signature: str) -> list:
+  """[{"b64": ...}, ...] or [{"images": {"b64": ...}}, ...] ("examples" for from_examples)."""
   if not isinstance(instances, list):
-    raise bad_request(f'"instances" must be a list of {IMAGE_FORMAT}')
-  return [row[export.IMAGES_INPUT] if isinstance(row, dict) and export.IMAGES_INPUT in row
-          else row for row in instances]
+    raise bad_request(f'"instances" must be a list of {VALUE_FORMAT[signature]}')
+  name = export.INPUT_OF[signature]
+  return [row[name] if isinstance(row, dict) and name in row else row for row in instances]
 
 
-def _column(inputs) -> list:
-  """[{"b64": ...}, ...] or {"images": [{"b64": ...}, ...]}."""
-  if isinstance(inputs, dict) and set(inputs) == {export.IMAGES_INPUT}:
-    inputs = inputs[export.IMAGES_INPUT]
+def _column(inputs, signature: str) -> list:
+  """[{"b64": ...}, ...] or {"images": [{"b64": ...}, ...]} ("examples" for from_examples)."""
+  name = export.INPUT_OF[signature]
+  if isinstance(inputs, dict) and set(inputs) == {name}:
+    inputs = inputs[name]
   if not isinstance(inputs, list):
-    raise bad_request(f'"inputs" must be a list of {IMAGE_FORMAT} or '
-                      f'{{"{export.IMAGES_INPUT}": [...]}}')
+    raise bad_request(f'"inputs" must be a list of {VALUE_FORMAT[signature]} or '
+                      f'{{"{name}": [...]}}')
   return inputs
 
 
-def _decode_b64(value) -> bytes:
+def _decode_b64(value, signature: str) -> bytes:
   if not (isinstance(value, dict) and set(value) == {B64} and isinstance(value[B64], str)):
-    raise bad_request(f"expected {IMAGE_FORMAT}, got {json.dumps(value)[:80]}")
+    raise bad_request(f"expected {VALUE_FORMAT[signature]}, got {json.dumps(value)[:80]}")
   text = value[B64]
   try:
     return _b64decode(text)
@@ -144,15 +172,14 @@ def _b64decode(text: str) -> bytes:
   return b"".join(pieces)
 
 
-def response(request: ImageRequest, predictions: Sequence[Prediction],
+def response(request: ParsedRequest, predictions: Sequence[Outputs],
              class_names: Sequence[str]) -> Dict:
   if request.method == "classify":  # ClassificationResponse: scores in the model's class order
-    return {"result": [[[name, score] for name, score in zip(class_names, p.probabilities)]
-                       for p in predictions]}
+    return {"result": [[[name, score] for name, score in
+                        zip(class_names, p[export.PROBABILITIES])] for p in predictions]}
   if request.columnar:
-    return {"outputs": {field.name: [getattr(p, field.name) for p in predictions]
-                        for field in dataclasses.fields(Prediction)}}
-  return {"predictions": [dataclasses.asdict(p) for p in predictions]}
+    return {"outputs": {name: [p[name] for p in predictions] for name in predictions[0]}}
+  return {"predictions": list(predictions)}
 
 
 def status_response(served: LoadedModel, failed: Dict[int, str],

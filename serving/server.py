@@ -2,7 +2,9 @@
 
   GET  /v1/models/<name>[/versions/<v>]             version status
   GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs
-  POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs"
+  POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [{"b64": ...}]} or "inputs";
+                                                    "signature_name": "from_examples" takes
+                                                    serialized tf.Examples, as b64 too
   POST /v1/models/<name>[/versions/<v>]:classify    {"examples": [{"image": {"b64": ...}}]}
                                                     (:regress: 400, as there is no regressor)
   /labels/<label> in place of /versions/<v>         the version --version-labels gives it
@@ -10,7 +12,9 @@
   GET  --health-route (/health)                      the served version's status
   POST --predict-route, if given                     :predict of the served version
 
-Vertex AI's AIP_* variables set the port, the model and the last two routes (serving/cli.py).
+One model (--model-base-path), or several (--model-config-file, serving/model_config.py): then
+the last two routes are the first model's. Vertex AI's AIP_* variables set the port, the model
+and the last two routes (serving/cli.py).
 """
 
 import asyncio
@@ -20,7 +24,7 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Optional
+from typing import List, Optional
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -30,7 +34,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import protocol
 from serving.batching import MicroBatcher
-from serving.config import ServerConfig
+from serving import model_config
+from serving.config import ModelSource, ServerConfig
 from serving.errors import RequestError, bad_request, not_found, shorten, too_large
 from serving.models import LoadedModel, ServedVersions
 
@@ -42,14 +47,29 @@ class NoModelError(Exception):
   pass
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-  """Loads the newest version (NoModelError if none loads) and returns the app serving it."""
-  versions = ServedVersions(config.model_base_path)
+def sources(config: ServerConfig) -> List[ModelSource]:
+  """The models to serve, in order: the config file's, or the one the flags name."""
+  if config.model_config_file:
+    return model_config.read(config.model_config_file)
+  return [ModelSource(config.name, config.model_base_path, config.version_labels)]
+
+
+def _load(source: ModelSource) -> ServedVersions:
+  """Its newest loadable version, or NoModelError."""
+  versions = ServedVersions(source.base_path)
   versions.refresh()
   if versions.current is None:
     failures = "".join(f"\n  version {v}: {why}" for v, why in sorted(versions.failed.items()))
-    raise NoModelError(f"no loadable model under {config.model_base_path}: expected numbered "
-                       f"SavedModel folders such as {config.model_base_path}/1{failures}")
+    raise NoModelError(f"no loadable model {source.name!r} under {source.base_path}: expected "
+                       f"numbered SavedModel folders such as {source.base_path}/1{failures}")
+  return versions
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+  """Loads each model's newest version (NoModelError if one has none that loads) and returns
+  the app serving them."""
+  models = {source.name: source for source in sources(config)}
+  served = {name: _load(source) for name, source in models.items()}
   batcher = MicroBatcher(config.max_batch_size, config.batch_timeout_ms / 1000)
   # Request parsing and image decoding: off the event loop, so a slow image stalls no other
   # request, and on few threads, so many large images queue instead of filling memory.
@@ -58,11 +78,13 @@ def create_app(config: ServerConfig) -> FastAPI:
   @contextlib.asynccontextmanager
   async def lifespan(_):
     batcher.start()
-    poller = asyncio.create_task(_poll(versions, config.poll_seconds))
+    pollers = [asyncio.create_task(_poll(versions, config.poll_seconds))
+               for versions in served.values()]
     try:
       yield
     finally:
-      poller.cancel()
+      for poller in pollers:
+        poller.cancel()
       batcher.stop()
       decoders.shutdown(cancel_futures=True)
 
@@ -80,29 +102,33 @@ def create_app(config: ServerConfig) -> FastAPI:
 
   app = FastAPI(title="headswap", lifespan=lifespan, docs_url=None, redoc_url=None,
                 openapi_url=None, dependencies=[Depends(trusted)])
-  name = config.name
+  name = next(iter(models))  # the health and predict routes' model
 
   def served_model(model_name: str, version: Optional[str]) -> LoadedModel:
-    model = versions.current  # read once: a swap mid-request cannot mix two versions
-    if model_name != name or (version is not None and _number(version) != model.version):
+    # read once: a swap mid-request cannot mix two versions
+    model = served[model_name].current if model_name in served else None
+    if model is None or (version is not None and _number(version) != model.version):
       wanted = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
       raise not_found(f"Servable not found for request: {wanted}")
     return model
 
   def status(model_name: str, version: Optional[str]) -> JSONResponse:
-    if model_name != name:
+    if model_name not in served:
       raise not_found(f"Could not find any versions of model {model_name}")
     number = None if version is None else _number(version)
+    versions = served[model_name]
     response = protocol.status_response(versions.current, versions.failed, number)
     if version is not None and (number is None or not response["model_version_status"]):
       raise not_found(f"Could not find version {version} of model {model_name}")
     return JSONResponse(response)
 
-  def labelled(label: str) -> str:
+  def labelled(model_name: str, label: str) -> str:
     """The version number a label stands for, as the /versions/<v> routes take it."""
-    if label not in config.version_labels:
-      raise not_found(f"no version is labelled {label!r} (--version-labels)")
-    return str(config.version_labels[label])
+    labels = models[model_name].version_labels if model_name in models else {}
+    if label not in labels:
+      raise not_found(f"no version of model {model_name} is labelled {label!r} "
+                      "(--version-labels, or version_labels in --model-config-file)")
+    return str(labels[label])
 
   # Requests holding a body (read, decoded or batched): at most max_pending_requests, so
   # their memory stays under max_pending_requests x max_body_bytes however many clients come.
@@ -123,7 +149,7 @@ def create_app(config: ServerConfig) -> FastAPI:
       body = await _read_body(request, config.max_body_bytes, config.read_timeout_seconds)
       parsed = await asyncio.get_running_loop().run_in_executor(decoders, functools.partial(
           protocol.parse_request, method, body, config.max_instances, config.max_pixels))
-      outcomes = await batcher.predict(model, parsed.images)
+      outcomes = await batcher.predict(model, parsed.signature, parsed.values)
     finally:
       pending -= 1
     for index, outcome in enumerate(outcomes):
@@ -151,19 +177,19 @@ def create_app(config: ServerConfig) -> FastAPI:
 
   @app.get("/v1/models/{model_name}/labels/{label}")
   async def label_status(model_name: str, label: str):
-    return status(model_name, labelled(label))
+    return status(model_name, labelled(model_name, label))
 
   @app.get("/v1/models/{model_name}/metadata")
   async def model_metadata(model_name: str):
-    return JSONResponse(protocol.metadata_response(name, served_model(model_name, None)))
+    return JSONResponse(protocol.metadata_response(model_name, served_model(model_name, None)))
 
   @app.get("/v1/models/{model_name}/versions/{version}/metadata")
   async def version_metadata(model_name: str, version: str):
-    return JSONResponse(protocol.metadata_response(name, served_model(model_name, version)))
+    return JSONResponse(protocol.metadata_response(model_name, served_model(model_name, version)))
 
   @app.get("/v1/models/{model_name}/labels/{label}/metadata")
   async def label_metadata(model_name: str, label: str):
-    return await version_metadata(model_name, labelled(label))
+    return await version_metadata(model_name, labelled(model_name, label))
 
   @app.post("/v1/models/{model_name}:{method}")
   async def answer_latest(model_name: str, method: str, request: Request):
@@ -175,11 +201,11 @@ def create_app(config: ServerConfig) -> FastAPI:
 
   @app.post("/v1/models/{model_name}/labels/{label}:{method}")
   async def answer_label(model_name: str, label: str, method: str, request: Request):
-    return await answer(request, model_name, labelled(label), method)
+    return await answer(request, model_name, labelled(model_name, label), method)
 
   @app.get("/monitoring/prometheus/metrics", response_class=PlainTextResponse)
   async def metrics():
-    return "".join(f"# TYPE {metric} counter\n{metric}{{model=\"{name}\"}} {value}\n"
+    return "".join(f"# TYPE {metric} counter\n{metric} {value}\n"
                    for metric, value in (("headswap_batches_total", batcher.batches),
                                          ("headswap_predicted_images_total", batcher.images)))
 
@@ -287,5 +313,6 @@ def uvicorn_config(config: ServerConfig, **options) -> uvicorn.Config:
 def run(config: ServerConfig, host: str, port: int) -> None:
   server = uvicorn.Server(uvicorn_config(config, host=host, port=port, log_level="info"))
   address = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
-  story.info("model %s at http://%s:%d/v1/models/%s", config.name, address, port, config.name)
+  for source in sources(config):
+    story.info("model %s at http://%s:%d/v1/models/%s", source.name, address, port, source.name)
   server.run()

@@ -23,13 +23,14 @@ import pytest
 import tensorflow as tf
 import uvicorn
 from PIL import Image, ImageOps
+from tensorflow_serving.apis import prediction_log_pb2
 
 from components.image_example_gen import decode
 from pipeline import cli
 from serving import cli as serving_cli, client
 from serving.config import ServerConfig
 from serving.errors import MAX_MESSAGE_CHARS
-from serving.server import uvicorn_config
+from serving.server import NoModelError, uvicorn_config
 from tests.conftest import CLASS_COLOURS, ROTATED, encode, make_image, write_formats
 from trainer import export
 from trainer.backbones import registry
@@ -78,6 +79,14 @@ def b64(data: bytes) -> dict:
 
 def row_request(*images: bytes) -> dict:
   return {"instances": [b64(image) for image in images]}
+
+
+def tf_example(image: bytes, label=None) -> bytes:
+  """A serialized tf.Example as ingest writes it (a label only if given)."""
+  feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+  if label is not None:
+    feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 @contextlib.contextmanager
@@ -170,7 +179,13 @@ def test_status_and_metadata_as_tf_serving_gives_them(url):
   serving_default = signature_map["signature_def"]["serving_default"]
   assert serving_default["method_name"] == "tensorflow/serving/predict"
   assert serving_default["inputs"]["images"]["dtype"] == "DT_STRING"
-  assert set(serving_default["outputs"]) == {"probabilities", "class_index", "class_name"}
+  assert set(serving_default["outputs"]) == {"probabilities", "class_index", "class_name",
+                                             "classes"}
+  assert serving_default["outputs"]["classes"]["dtype"] == "DT_STRING"
+  # from_examples stays numeric: the BulkInferrer cannot split a string output per example.
+  from_examples = signature_map["signature_def"]["from_examples"]
+  assert {output["dtype"] for output in from_examples["outputs"].values()} <= {
+      "DT_FLOAT", "DT_INT64"}
   assert httpx.get(f"{url}/v1/models/{NAME}/versions/1/metadata").json() == metadata
 
 
@@ -191,6 +206,7 @@ def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_
                              expected["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
   assert [p["class_index"] for p in predictions] == expected["class_index"].numpy().tolist()
   assert [p["class_name"].encode() for p in predictions] == expected["class_name"].numpy().tolist()
+  assert [p["classes"] for p in predictions] == [CLASSES] * 3
 
   column = [b64(image) for image in images]
   for inputs in ({"images": column}, column):
@@ -200,6 +216,7 @@ def test_predictions_match_the_saved_model_in_row_and_columnar_format(url, base_
                                rtol=1e-5, atol=1e-6)
     assert outputs["class_index"] == expected["class_index"].numpy().tolist()
     assert outputs["class_name"] == [name.decode() for name in expected["class_name"].numpy()]
+    assert outputs["classes"] == [CLASSES] * 3
 
 
 def test_classify_and_regress_answer_as_tf_serving_documents_them(url, base_path):
@@ -235,6 +252,80 @@ def test_classify_and_regress_answer_as_tf_serving_documents_them(url, base_path
   regress = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}]}
   response = httpx.post(f"{url}/v1/models/{NAME}:regress", json=regress)
   assert response.status_code == 400 and ":classify" in response.json()["error"]
+
+
+def test_predict_on_the_from_examples_signature(layout_url, layout_model, model_probabilities):
+  """TF Serving serves every signature: from_examples takes serialized tf.Examples (labelled,
+  as the Evaluator sends them, or not), b64 as any binary DT_STRING, and answers as the
+  SavedModel's from_examples does, with the same probabilities as the images themselves."""
+  images = [jpeg(6), jpeg(7)]
+  examples = [tf_example(images[0], label=1), tf_example(images[1])]
+  expected = tf.saved_model.load(layout_model).signatures["from_examples"](
+      examples=tf.constant(examples))
+  np.testing.assert_allclose(expected["probabilities"].numpy(), model_probabilities(images),
+                             rtol=1e-5, atol=1e-6)
+  predict = f"{layout_url}/v1/models/{NAME}:predict"
+
+  rows = {"signature_name": "from_examples",
+          "instances": [b64(examples[0]), {"examples": b64(examples[1])}]}
+  response = httpx.post(predict, json=rows)
+  assert response.status_code == 200, response.text
+  predictions = response.json()["predictions"]
+  assert [set(p) for p in predictions] == [{"probabilities", "class_index"}] * 2  # numeric only
+  np.testing.assert_allclose([p["probabilities"] for p in predictions],
+                             expected["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
+  assert [p["class_index"] for p in predictions] == expected["class_index"].numpy().tolist()
+
+  columns = {"signature_name": "from_examples", "inputs": {"examples": rows["instances"][:1]}}
+  outputs = httpx.post(predict, json=columns).json()["outputs"]
+  np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"].numpy()[:1],
+                             rtol=1e-5, atol=1e-6)
+
+
+def _shape(value):
+  """A JSON value with its leaves replaced by their types and lists by their first item: what a
+  client parsing the response relies on."""
+  if isinstance(value, dict):
+    return {key: _shape(item) for key, item in value.items()}
+  if isinstance(value, list):
+    return [_shape(value[0])] if value else []
+  return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+# Responses recorded from TF Serving's REST documentation (tensorflow_serving/g3doc/
+# api_rest.md, https://www.tensorflow.org/tfx/serving/api_rest), for its half_plus_three model;
+# no tensorflow_model_server binary is reachable here.
+DOCUMENTED_STATUS = """{
+ "model_version_status": [
+  {
+   "version": "123",
+   "state": "AVAILABLE",
+   "status": {
+    "error_code": "OK",
+    "error_message": ""
+   }
+  }
+ ]
+}"""
+# `curl -d '{"instances": [1.0,5.0]}' -X POST http://localhost:8501/v1/models/half:predict`:
+DOCUMENTED_NOT_FOUND = (404, '{ "error": "Servable not found for request: Latest(half)" }')
+# "Response format" of :classify, its placeholders filled in:
+DOCUMENTED_CLASSIFY = '{"result": [[["<label1>", 0.25], ["<label2>", 0.75]]]}'
+
+
+def test_answers_have_the_shape_of_tf_serving_documented_responses(url):
+  status = httpx.get(f"{url}/v1/models/{NAME}").json()
+  assert _shape(status) == _shape(json.loads(DOCUMENTED_STATUS))
+  assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+  response = httpx.post(f"{url}/v1/models/half:predict", json={"instances": [1.0, 5.0]})
+  assert (response.status_code, response.json()) == (DOCUMENTED_NOT_FOUND[0],
+                                                     json.loads(DOCUMENTED_NOT_FOUND[1]))
+  assert response.headers["content-type"] == "application/json"
+
+  classify = httpx.post(f"{url}/v1/models/{NAME}:classify",
+                        json={"examples": [{"image": b64(jpeg(0))}]}).json()
+  assert _shape(classify) == _shape(json.loads(DOCUMENTED_CLASSIFY))
 
 
 def test_version_labels_stand_for_their_versions(url):
@@ -297,6 +388,18 @@ BAD_REQUESTS = {  # (path, body, status, words of the error[, headers over JSON_
                           "no method :explain"),
     "unknown signature": (PREDICT, json.dumps({"signature_name": "x", "instances": []}), 400,
                           "signature_name"),
+    "from_examples on :classify": (CLASSIFY, json.dumps({
+        "signature_name": "from_examples", "examples": [{"image": b64(jpeg(0))}]}), 400,
+        ":classify serves ['serving_default']"),
+    "not a tf.Example": (PREDICT, json.dumps({"signature_name": "from_examples",
+                                              "instances": [b64(b"\xff")]}), 400,
+                         "image 0: not a serialized tf.Example"),
+    "a tf.Example without an image": (PREDICT, json.dumps({
+        "signature_name": "from_examples", "instances": [b64(b"")]}), 400,
+        'has 0 "image" bytes values'),
+    "a tf.Example of a corrupt image": (PREDICT, json.dumps({
+        "signature_name": "from_examples", "instances": [b64(tf_example(truncated(jpeg(1))))]}),
+        400, "image 0: unusable image"),
     "a long name echoed": (PREDICT, json.dumps({"signature_name": "x" * 60_000}), 400,
                            "characters)"),
     "unknown model": ("/v1/models/nope:predict", json.dumps(row_request(jpeg(0))), 404,
@@ -564,11 +667,11 @@ def _free_port() -> int:
     return probe.getsockname()[1]
 
 
-def test_headswap_serve_in_a_vertex_ai_container(exported):
-  """Only Vertex AI's variables, no flags: its port, its routes, and AIP_STORAGE_URI naming one
-  SavedModel (served as version 1)."""
+def _serve_as_a_vertex_ai_container(storage_uri: str, environment: dict) -> None:
+  """Runs `headswap serve` with only Vertex AI's variables, no flags, and talks to it: its
+  port, its health route, and its predict route taking Vertex's {"instances": [...]}."""
   port, routes = _free_port(), "/v1/endpoints/7/deployedModels/8"
-  environment = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": exported,
+  environment = {**environment, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": storage_uri,
                  "AIP_PREDICT_ROUTE": f"{routes}:predict", "AIP_HEALTH_ROUTE": routes}
   server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve"], env=environment)
   url = f"http://127.0.0.1:{port}"
@@ -584,13 +687,122 @@ def test_headswap_serve_in_a_vertex_ai_container(exported):
     _wait_until(healthy, "healthy", seconds=180)  # importing TensorFlow on a busy machine
     (status,) = httpx.get(url + routes).json()["model_version_status"]
     assert status["version"] == "1" and status["state"] == "AVAILABLE"
-    vertex_request = {"instances": [{"images": b64(jpeg(0))}], "parameters": {}}
+    vertex_request = {"instances": [{"images": b64(jpeg(0))}, b64(jpeg(1))], "parameters": {}}
     response = httpx.post(f"{url}{routes}:predict", json=vertex_request)
     assert response.status_code == 200, response.text
-    assert response.json()["predictions"][0]["class_name"] in CLASSES
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2 and all(p["classes"] == CLASSES for p in predictions)
   finally:
     server.terminate()
     server.wait(60)
+
+
+def test_headswap_serve_in_a_vertex_ai_container(exported):
+  """AIP_STORAGE_URI naming one SavedModel, served as version 1."""
+  _serve_as_a_vertex_ai_container(exported, os.environ)
+
+
+def test_headswap_serve_in_a_vertex_ai_container_reads_the_model_from_gs(layout_model, gcs):
+  """As Vertex AI gives it: AIP_STORAGE_URI on Cloud Storage (a local emulator, tests/gcs.py;
+  the small layout model, as the emulator's TensorFlow plugin reads at most 256 KiB a file)."""
+  _serve_as_a_vertex_ai_container(gcs.upload(layout_model, "vertex/model"), gcs.env)
+
+
+def _model_config(*models: str) -> str:
+  return "model_config_list {\n%s\n}\n" % "\n".join(f"  config {{ {m} }}" for m in models)
+
+
+def test_several_models_from_a_model_config_file(base_path, layout_model, model_probabilities,
+                                                 tmp_path):
+  """TF Serving's --model_config_file: each model under its name, with its version labels."""
+  config_file = tmp_path / "models.config"
+  config_file.write_text(_model_config(
+      f'name: "{NAME}" base_path: "{base_path}" model_platform: "tensorflow" '
+      'version_labels { key: "stable" value: 1 }',
+      f"name: 'layout' base_path: '{os.path.dirname(layout_model)}' "
+      "model_platform: 'tensorflow'"))
+  with running_server(ServerConfig(model_config_file=str(config_file), **LIMITS)) as url:
+    for name in (NAME, "layout"):
+      (status,) = httpx.get(f"{url}/v1/models/{name}").json()["model_version_status"]
+      assert status["state"] == "AVAILABLE"
+      metadata = httpx.get(f"{url}/v1/models/{name}/metadata").json()
+      assert metadata["model_spec"]["name"] == name
+    images = [jpeg(8), jpeg(9)]
+    response = httpx.post(f"{url}/v1/models/layout:predict", json=row_request(*images))
+    np.testing.assert_allclose([p["probabilities"] for p in response.json()["predictions"]],
+                               model_probabilities(images), rtol=1e-5, atol=1e-6)
+    stable = httpx.post(f"{url}/v1/models/{NAME}/labels/stable:predict", json=row_request(jpeg(0)))
+    assert stable.status_code == 200, stable.text
+    response = httpx.post(f"{url}/v1/models/layout/labels/stable:predict",
+                          json=row_request(jpeg(0)))
+    assert response.status_code == 404 and "layout is labelled 'stable'" in response.json()["error"]
+    assert httpx.get(f"{url}/health").json() == httpx.get(f"{url}/v1/models/{NAME}").json()
+    assert httpx.get(f"{url}/v1/models/other").status_code == 404
+
+
+BAD_MODEL_CONFIGS = {  # the file's text: words of the error
+    "not a proto": ("model_config_list { config { name: ", "not a text-format ModelServerConfig"),
+    "no models": ("", "expected model_config_list"),
+    "another platform": (_model_config('name: "a" base_path: "/m/a" model_platform: "pytorch"'),
+                         "model 'a': model_platform 'pytorch'"),
+    "all versions": (_model_config('name: "a" base_path: "/m/a" '
+                                   "model_version_policy { all {} }"),
+                     "model 'a': model_version_policy { all { } }"),
+    "no base path": (_model_config('name: "a"'), "needs a name and a base_path"),
+    "a name twice": (_model_config('name: "a" base_path: "/m/a"', 'name: "a" base_path: "/m/b"'),
+                     "model 'a': the name is listed twice"),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_MODEL_CONFIGS)
+def test_a_bad_model_config_file_stops_serve_naming_the_setting(problem, tmp_path):
+  text, message = BAD_MODEL_CONFIGS[problem]
+  config_file = tmp_path / "models.config"
+  config_file.write_text(text)
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["serve", "--model_config_file", str(config_file)])
+  assert str(config_file) in str(exit_.value.code) and message in str(exit_.value.code)
+
+
+def test_serve_takes_a_model_config_file_or_a_base_path():
+  with pytest.raises(SystemExit, match="either --model-base-path"):
+    cli.main(["serve", "--model-config-file", "models.config", "--model-base-path", "m"])
+  with pytest.raises(SystemExit, match="in the file"):
+    cli.main(["serve", "--model-config-file", "models.config", "--version-labels", "a=1"])
+
+
+def _warmup_requests(model_path: str) -> list:
+  path = os.path.join(model_path, "assets.extra", "tf_serving_warmup_requests")
+  return [prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+          for record in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+
+
+def test_the_export_writes_tf_serving_warmup_requests_and_serve_replays_them(exported,
+                                                                             tmp_path):
+  """TF Serving's format: a TFRecord of PredictionLogs, one per signature, each a request the
+  SavedModel answers."""
+  requests = _warmup_requests(exported)
+  assert [r.model_spec.signature_name for r in requests] == ["serving_default", "from_examples"]
+  signatures = tf.saved_model.load(exported).signatures
+  for request in requests:
+    outputs = signatures[request.model_spec.signature_name](
+        **{name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()})
+    assert outputs["probabilities"].shape == (1, len(CLASSES))
+
+  # headswap serve replays them at load: one that fails fails the version, as in TF Serving.
+  broken = str(tmp_path / NAME / "1")
+  shutil.copytree(exported, broken)
+  (request,) = [r for r in requests if r.model_spec.signature_name == "serving_default"]
+  request.inputs["images"].CopyFrom(tf.make_tensor_proto([b"not an image"]))
+  log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+      request=request))
+  with tf.io.TFRecordWriter(os.path.join(broken, "assets.extra",
+                                         "tf_serving_warmup_requests")) as writer:
+    writer.write(log.SerializeToString())
+  with pytest.raises(NoModelError, match="warm-up request 0 of .*tf_serving_warmup_requests "
+                                         "\\('serving_default'\\) failed"):
+    with running_server(ServerConfig(os.path.dirname(broken))):
+      pass
 
 
 def test_predict_prints_top_k_from_a_saved_model_and_from_the_server(url, base_path, tmp_path,
@@ -601,11 +813,13 @@ def test_predict_prints_top_k_from_a_saved_model_and_from_the_server(url, base_p
   images = [str(image), str(tmp_path / ROTATED), str(tmp_path / "photo.webp")]
   outputs = []
   for source in (["--model", base_path], ["--server", f"{url}/v1/models/{NAME}"]):
-    cli.main(["predict", *source, "--top-k", "1", *images])
+    cli.main(["predict", *source, "--top-k", "2", *images])
     outputs.append(capsys.readouterr().out)
   assert outputs[0] == outputs[1]
   lines = outputs[0].splitlines()
-  assert lines[0] == str(image) and len(lines) == 6 and lines[1].split()[0] in CLASSES
+  # Both classes named: the server's answer names every class (the "classes" output).
+  assert lines[0] == str(image) and len(lines) == 9
+  assert sorted(line.split()[0] for line in lines[1:3]) == CLASSES
 
   for source in (["--model", base_path], ["--server", url, "--model-name", NAME]):
     with pytest.raises(SystemExit) as exit_:

@@ -5,11 +5,16 @@ Two signatures, one preprocessing path (trainer/preprocessing.py):
                    stores them (components/image_example_gen/decode.py upright_rgb)
   from_examples    examples: serialized tf.Example [B] (what the Evaluator and the
                    BulkInferrer feed)
-Both return probabilities [B, C] and class_index [B]; serving_default also class_name [B]: the
-class names are constants in the graph, so a served model names its classes on its own.
+Both return probabilities [B, C] and class_index [B]; serving_default also class_name [B] and
+classes [B, C] (every class name, in the order of probabilities): the class names are constants
+in the graph, so a served model names its classes to any TF Serving client on its own.
 from_examples has numeric outputs only (the BulkInferrer's RunInference cannot split a string
 output into per-example logs), and phase_1_probabilities [B, C] when phase 2 was kept: what
 the model gave before fine-tuning, for the report's test accuracy after each phase.
+
+assets.extra/tf_serving_warmup_requests holds one PredictionLog per signature (TF Serving's
+warm-up format): TF Serving, and `headswap serve`, replay them at load so that the first
+client request after a push or restart is not the one that pays for the first model call.
 
 ExportedModel loads one back, for evaluation and (with its checks) serving/models.py.
 """
@@ -22,8 +27,9 @@ from typing import Dict, List, Optional, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from components import filesystem
+from components import features, filesystem
 from trainer import preprocessing
 
 SERVING_SIGNATURE = "serving_default"
@@ -32,7 +38,10 @@ IMAGES_INPUT = "images"
 EXAMPLES_INPUT = "examples"
 PROBABILITIES = "probabilities"  # the output TFMA scores and the report reads
 PHASE_1_PROBABILITIES = "phase_1_probabilities"
+CLASSES = "classes"  # every class name per image, where TF Serving's classify signatures have it
 METADATA_FILE = "headswap.json"  # in assets.extra: class names and image size for tools
+WARMUP_FILE = "tf_serving_warmup_requests"  # in assets.extra: TF Serving's fixed name
+INPUT_OF = {SERVING_SIGNATURE: IMAGES_INPUT, EXAMPLES_SIGNATURE: EXAMPLES_INPUT}
 VERSION_FOLDER = re.compile(r"[0-9]+")  # the Pusher's staging folders never match
 
 
@@ -53,7 +62,8 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
     probabilities = model(pixels, training=False)
     class_index = tf.argmax(probabilities, axis=-1)
     return {PROBABILITIES: probabilities, "class_index": class_index,
-            "class_name": tf.gather(names, class_index)}
+            "class_name": tf.gather(names, class_index),
+            CLASSES: tf.tile(names[tf.newaxis], [tf.shape(probabilities)[0], 1])}
 
   predict = predict.get_concrete_function()
   pixels_spec = predict.structured_input_signature[0][0]
@@ -72,8 +82,8 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
     return predict(preprocessing.decode_images(images, image_size))
 
   def from_examples(examples):
-    images, _ = preprocessing.parse_examples(examples)
-    return predict_numbers(preprocessing.decode_images(images, image_size))
+    return predict_numbers(preprocessing.decode_images(preprocessing.example_images(examples),
+                                                       image_size))
 
   archive = keras.export.ExportArchive()
   archive.track(model)
@@ -88,7 +98,27 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
     json.dump({"class_names": list(class_names), "image_size": image_size}, f)
+  _write_warmup_requests(os.path.join(extra, WARMUP_FILE))
   return path
+
+
+def sample_image() -> bytes:
+  """A small black PNG: what warm-up requests and the server's load check send."""
+  return tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+
+
+def _write_warmup_requests(path: str) -> None:
+  image = sample_image()
+  example = tf.train.Example(features=tf.train.Features(feature={
+      features.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
+  with tf.io.TFRecordWriter(path) as writer:
+    for signature, value in ((SERVING_SIGNATURE, image),
+                             (EXAMPLES_SIGNATURE, example.SerializeToString())):
+      request = predict_pb2.PredictRequest(
+          model_spec=model_pb2.ModelSpec(signature_name=signature),
+          inputs={INPUT_OF[signature]: tf.make_tensor_proto([value])})
+      writer.write(prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
 
 
 class ExportedModel:

@@ -33,7 +33,8 @@ EXAMPLE_SPEC = {
 }
 
 
-def parse_examples(serialized: tf.Tensor):
-  """Serialized tf.Examples [B] to (encoded images [B], labels [B])."""
-  parsed = tf.io.parse_example(serialized, EXAMPLE_SPEC)
-  return parsed[features.IMAGE], parsed[features.LABEL]
+def example_images(serialized: tf.Tensor) -> tf.Tensor:
+  """Serialized tf.Examples [B] to their encoded images [B]. The label is not read: a model
+  also predicts on unlabelled examples."""
+  spec = {features.IMAGE: EXAMPLE_SPEC[features.IMAGE]}
+  return tf.io.parse_example(serialized, spec)[features.IMAGE]
