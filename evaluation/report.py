@@ -85,7 +85,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   sections = [("Data", _ingest_html(ingest) + _anomalies_html(artifacts))]
   if "Tuner.tuner_results" in artifacts:
     tuning = read_json(os.path.join(artifacts["Tuner.tuner_results"], "tuning_summary.json"))
-    sections.append(("Tuning", _tuning_html(tuning)))
+    sections.append(("Tuning", _tuning_html(tuning, artifacts["Tuner.tuner_results"])))
   # The gate's split: the user-given test split if there is one (pipeline/pipeline.py).
   held_out = features.TEST if features.TEST in ingest["counts"] else features.EVAL
   predictions = (read_predictions(artifacts["BulkInferrer.inference_result"])
@@ -166,10 +166,15 @@ def _training_html(model_run, folder, predictions, split):
   return "".join(parts)
 
 
-def _tuning_html(summary):
+def _tuning_html(summary, results):
   """Each stage's trials, best first, one column per hyperparameter; then the verdict."""
-  from tuning.summary import best_first  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from tuning.summary import TENSORBOARD_FOLDER, best_first
   parts = []
+  tensorboard = os.path.join(results, TENSORBOARD_FOLDER)
+  if tf.io.gfile.exists(tensorboard):
+    parts.append(f"<p>The trials side by side in TensorBoard's HParams dashboard: "
+                 f"<code>tensorboard --logdir {html.escape(tensorboard)}</code></p>")
   for stage, content in summary["stages"].items():
     trials = content["trials"]
     names = sorted({name for trial in trials for name in trial["hyperparameters"]})

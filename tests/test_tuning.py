@@ -7,6 +7,8 @@ import re
 import socket
 
 import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from components.filesystem import read_json
 from pipeline import cli
@@ -85,6 +87,27 @@ def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_proce
   # The Trainer's phase 1 trains the cross-validated epoch count on every training image.
   assert best["stop_early"] is False
   assert best["epochs"] == extraction["epochs"]
+
+
+def test_every_trial_reaches_tensorboards_hparams_dashboard(job, in_process):
+  summary, _ = in_process
+  for stage, content in summary["stages"].items():
+    for row in content["trials"]:
+      events, = glob.glob(os.path.join(str(job[0] / "in_process"), "tensorboard", stage,
+                                       f"trial_{row['trial']}", "events.*"))
+      hyperparameters, metrics = {}, {}
+      for event in tf.compat.v1.train.summary_iterator(events):
+        for value in event.summary.value:
+          if value.metadata.plugin_data.plugin_name == "hparams":
+            start = plugin_data_pb2.HParamsPluginData.FromString(
+                value.metadata.plugin_data.content).session_start_info
+            hyperparameters = {name: getattr(v, v.WhichOneof("kind"))
+                               for name, v in start.hparams.items()}
+          else:
+            metrics[value.tag] = float(tf.make_ndarray(value.tensor))
+      assert hyperparameters == pytest.approx(row["hyperparameters"])
+      assert metrics["val_accuracy"] == pytest.approx(row["val_accuracy"])
+      assert metrics["val_loss"] == pytest.approx(row["val_loss"])
 
 
 def test_features_are_computed_once_however_many_trials(job, in_process, distributed):

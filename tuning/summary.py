@@ -13,6 +13,9 @@ from tuning.space import LOSS, OBJECTIVE
 from tuning.trials import (EPOCHS, EVAL_IMAGES, FROZEN, TransferTuner, best_hyperparameters,
                            best_trial, metric, paid_off, required_gain)
 
+TENSORBOARD_FOLDER = "tensorboard"  # in the tuner's results: a run per trial, per stage
+_TRIAL_METRICS = ("val_accuracy", LOSS, EPOCHS, "seconds")
+
 
 def _trial_rows(oracle: StageOracle) -> List[Dict[str, Any]]:
   return [{"trial": trial.trial_id, "worker": oracle.workers.get(trial.trial_id),
@@ -125,3 +128,19 @@ def write_summary(summary: Dict[str, Any], folder: str) -> None:
     json.dump(summary, f, indent=2, default=str)
   with tf.io.gfile.GFile(os.path.join(folder, "tuning_summary.txt"), "w") as f:
     f.write(summary_table(summary) + "\n")
+  _write_hparams_logs(summary, os.path.join(folder, TENSORBOARD_FOLDER))
+
+
+def _write_hparams_logs(summary: Dict[str, Any], folder: str) -> None:
+  """Every completed trial for TensorBoard's HParams dashboard: its hyperparameters and
+  metrics, one run per trial under <stage>/, where the dashboard compares them side by side."""
+  from tensorboard.plugins.hparams import api  # pylint: disable=import-outside-toplevel
+  for stage, content in summary["stages"].items():
+    scored = [row for row in content["trials"] if row["score"] is not None]
+    for row in scored:
+      with tf.summary.create_file_writer(
+          os.path.join(folder, stage, f"trial_{row['trial']}")).as_default():
+        api.hparams(row["hyperparameters"], trial_id=f"{stage}/{row['trial']}")
+        for name in _TRIAL_METRICS:
+          if row[name] is not None:
+            tf.summary.scalar(name, row[name], step=0)
