@@ -9,8 +9,8 @@ and each combination of them (features side by side: a cheap ensemble), on the t
 logistic regression (C by 5-fold CV) and the project's head (trainer/model.py build_head,
 default HParams, early stopping on a fifth of train as the Trainer does), each scored on the
 test split plain and with flip TTA (mean of the image's and its mirror's probabilities), trained
-on the train images alone, or with their mirrors, or with the pipeline's augmented view of each
-(trainer/data.py views). Prints one JSON object.
+on the train images alone, or with their mirrors, or with a random augmented view of each
+(trainer/data.py augment: crop and flip). Prints one JSON object.
 """
 
 import argparse
@@ -57,7 +57,8 @@ def pixels_of(images, image_size):
 
 
 def augmented_view(pixels):
-  """View 1 of each image as trainer/data.py views makes it with the default HParams."""
+  """A random view of each image, as trainer/data.py augment makes it with the default
+  HParams (the pipeline's second cached view before the mirror took its place)."""
   import tensorflow as tf
 
   from trainer import data
@@ -106,8 +107,8 @@ def backbone_features(backbone, splits, cache):
     result[f"{split}_flip"], flip_seconds = extract(base, pixels[:, :, ::-1])
     result[f"{split}_labels"] = labels
     seconds += split_seconds + flip_seconds
-  # The pipeline's second cached view of each training image (HParams views, augment).
-  result["train_view"], _ = extract(base, augmented_view(pixels_of(splits["train"][0], size)))
+    if split == "train":
+      result["train_view"], _ = extract(base, augmented_view(pixels))
   extracted = 2 * sum(len(labels) for _, labels in splits.values())
   result["images_per_s"], result["images_per_cpu_s"] = extracted / seconds
   os.makedirs(cache, exist_ok=True)
