@@ -198,7 +198,7 @@ def _ImagesToExamples(pipeline, exec_properties, split_pattern):
     candidates = (pipeline
                   | "ListTfdsShards" >> beam.Create(listing.tfds_shards, reshuffle=True)
                   | "ReadTfdsShards" >> beam.FlatMap(sources.read_tfds_shard)
-                  | "Spread" >> beam.Reshuffle())
+                  | "Spread" >> beam.Reshuffle())  # decoded by all workers, not the readers
   else:
     candidates = pipeline | "ListImages" >> beam.Create(listing.candidates, reshuffle=True)
   results = (candidates
