@@ -4,6 +4,8 @@ A pipeline run costs most of a minute, so one dataset carries every accepted for
 every kind of bad file, and module-scoped fixtures share each run among the tests reading it.
 """
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -19,7 +21,7 @@ from components.filesystem import read_json
 from components.image_example_gen import component, decode, executor, sources
 from pipeline import cli
 from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
-                            make_image, node_states, prepare_mock_tfds, read_examples,
+                            encode, make_image, node_states, prepare_mock_tfds, read_examples,
                             run_ingest, write_bad_files, write_class_folders, write_formats)
 
 INGEST_NODES = ["ImageExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"]
@@ -444,6 +446,59 @@ def test_tfds_dataset_by_name(tfds_run):
     assert row[features.LABEL] == ["cat", "dog"].index(row[features.LABEL_NAME])
   # The mock yields the same examples for every split: each test image is a train duplicate.
   assert len(tfds_run.report["duplicates_across_splits"]) == 16
+
+
+def _build_tiny_tfds(data_dir, shards):
+  """Prepares a real TFDS dataset, tiny_pets, in data_dir: {split: {sha256: class}} of its images.
+
+  Its builder is not registered: the ingest finds it from its files, as it would a dataset
+  prepared elsewhere."""
+  import tensorflow_datasets as tfds
+
+  images = {split: [(encode(make_image(CLASS_COLOURS[name], seed=i * 7 + offset), "JPEG"), name)
+                    for i in range(count) for name in ("cats", "dogs")]
+            for split, count, offset in (("train", 15, 0), ("test", 3, 1))}
+
+  class TinyPets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(names=["cats", "dogs"])}))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(rows) for split, rows in images.items()}
+
+    def _generate_examples(self, rows):
+      for index, (data, name) in enumerate(rows):
+        yield index, {"image": io.BytesIO(data), "label": name}
+
+  TinyPets(data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=shards))
+  return {split: {hashlib.sha256(data).hexdigest(): name for data, name in rows}
+          for split, rows in images.items()}
+
+
+def test_tfds_images_are_read_from_the_shard_files_in_the_workers(tmp_path):
+  data_dir = str(tmp_path / "tensorflow_datasets")
+  expected = _build_tiny_tfds(data_dir, shards=3)
+
+  listing = sources.list_images("tfds:tiny_pets", tfds_data_dir=data_dir)
+  assert listing.candidates == []  # no image in the job: only which examples each worker reads
+  for split, count in (("train", 30), ("test", 6)):  # each split's shards, end to end
+    shards = [shard for shard in listing.tfds_shards if shard.split == split]
+    assert len(shards) == 3
+    assert [shard.start for shard in shards] + [count] == [0] + [shard.stop for shard in shards]
+
+  run = _ingest("tfds:tiny_pets", tmp_path / "output", "--tfds-data-dir", data_dir)
+  assert run.report["counts"][features.TEST] == {"cats": 3, "dogs": 3}
+  read = {split: {row[features.SHA256]: row[features.LABEL_NAME] for row in rows}
+          for split, rows in run.examples.items()}
+  assert read[features.TEST] == expected["test"]
+  assert {**read[features.TRAIN], **read[features.EVAL]} == expected["train"]
+  assert sorted(row[features.FILENAME] for row in run.examples[features.TEST]) == sorted(
+      f"tfds:tiny_pets/test/{i}" for i in range(6))
 
 
 # --- Layout mistakes: a clear message naming the folder, before any pipeline starts ----------

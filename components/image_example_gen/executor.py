@@ -134,7 +134,7 @@ class Executor(BaseExampleGenExecutor):
      | "WriteReport" >> beam.Map(
          _write_report, path=os.path.join(self._examples_uri, features.REPORT_FILE),
          # Without its candidates: Beam pickles this argument several times.
-         listing=dataclasses.replace(exec_properties[LISTING], candidates=[]),
+         listing=dataclasses.replace(exec_properties[LISTING], candidates=[], tfds_shards=[]),
          decode_skips=beam.pvalue.AsList(skips)))
     return {
         split: (examples
@@ -194,8 +194,14 @@ def _ImagesToExamples(pipeline, exec_properties, split_pattern):
   buckets = output_buckets(exec_properties)
   train_buckets = buckets[features.TRAIN]
   total_buckets = train_buckets + buckets[features.EVAL]
-  results = (pipeline
-             | "ListImages" >> beam.Create(listing.candidates, reshuffle=True)
+  if listing.layout == "tfds":  # the workers read the images from the dataset's files
+    candidates = (pipeline
+                  | "ListTfdsShards" >> beam.Create(listing.tfds_shards, reshuffle=True)
+                  | "ReadTfdsShards" >> beam.FlatMap(sources.read_tfds_shard)
+                  | "Spread" >> beam.Reshuffle())  # decoded by all workers, not the readers
+  else:
+    candidates = pipeline | "ListImages" >> beam.Create(listing.candidates, reshuffle=True)
+  results = (candidates
              | "Decode" >> beam.ParDo(_DecodeImages(
                  listing.class_names, int(settings["max_pixels"]),
                  int(settings["max_file_bytes"]), train_buckets,

@@ -18,7 +18,7 @@ import csv
 import dataclasses
 import io
 import os
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from components import features, filesystem
 
@@ -48,12 +48,27 @@ class Candidate:
   data: Optional[bytes] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class TfdsShard:
+  """Examples [start, stop) of one split of a prepared TFDS dataset: one shard file's worth.
+
+  The ingest lists these, not the images, so a Beam job carries names and numbers only and
+  its workers read the images from the dataset's files (read_tfds_shard).
+  """
+  name: str
+  data_dir: Optional[str]  # as given: None is TFDS's default
+  split: str
+  start: int
+  stop: int
+
+
 @dataclasses.dataclass
 class Listing:
   layout: str
   class_names: List[str]
   candidates: List[Candidate]
   skipped: List[Tuple[str, str]]  # (source, reason) found while listing
+  tfds_shards: List[TfdsShard] = dataclasses.field(default_factory=list)  # tfds layout only
 
 
 def file_pattern(layout: str, tfds_name: Optional[str] = None) -> str:
@@ -360,20 +375,33 @@ def _csv_columns(labels_csv, header, file_column, label_column) -> Tuple[int, in
 
 
 def _list_tfds(name, data_dir) -> Listing:
-  import tensorflow_datasets as tfds  # heavy: only for this source
-
   builder = _tfds_builder(name, data_dir)
-  image_key, label_key = _tfds_keys(builder)
-  class_names = builder.info.features[label_key].names
-  candidates = []
+  _, label_key = _tfds_keys(builder)
   skipped = [(f"tfds:{name}/{split}", "split not used (only train and test are)")
              for split in builder.info.splits if split not in ("train", "test")]
+  shards = []
   for split in ("train", "test"):
     if split not in builder.info.splits:
       continue
-    dataset = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
-    for index, example in enumerate(tfds.as_numpy(dataset)):
-      candidates.append(Candidate(
-          f"tfds:{name}/{split}/{index}", class_names[int(example[label_key])],
-          features.TEST if split == "test" else None, data=bytes(example[image_key])))
-  return Listing("tfds", sorted(class_names), candidates, skipped)
+    start = 0
+    for length in builder.info.splits[split].shard_lengths:
+      shards.append(TfdsShard(name, data_dir, split, start, start + length))
+      start += length
+  return Listing("tfds", sorted(builder.info.features[label_key].names), [], skipped, shards)
+
+
+def read_tfds_shard(shard: TfdsShard) -> Iterator[Candidate]:
+  """The images of one TfdsShard, still encoded, as candidates (in a Beam worker)."""
+  import tensorflow_datasets as tfds  # heavy: only for this source
+
+  builder = _tfds_builder(shard.name, shard.data_dir)
+  image_key, label_key = _tfds_keys(builder)
+  class_names = builder.info.features[label_key].names
+  dataset = builder.as_dataset(split=f"{shard.split}[{shard.start}:{shard.stop}]",
+                               shuffle_files=False,
+                               decoders={image_key: tfds.decode.SkipDecoding()})
+  for index, example in enumerate(tfds.as_numpy(dataset), start=shard.start):
+    yield Candidate(f"tfds:{shard.name}/{shard.split}/{index}",
+                    class_names[int(example[label_key])],
+                    features.TEST if shard.split == "test" else None,
+                    data=bytes(example[image_key]))
