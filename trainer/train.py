@@ -5,7 +5,6 @@ import dataclasses
 import logging
 import os
 import time
-import weakref
 from typing import Dict, List, Optional
 
 import keras
@@ -247,21 +246,9 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
     self._batches = batches
 
   def on_epoch_end(self, epoch, logs=None):
-    probabilities, labels = feature_cache.collect(_inference_function(self.model), self._batches)
+    probabilities, labels = feature_cache.collect(feature_cache.inference_function(self.model),
+                                                  self._batches)
     logs.update(validation_metrics(probabilities, labels))
-
-
-# One traced inference function per model, whatever the batch size: a Tuner trial fits one
-# head once per fold.
-_inference_functions = weakref.WeakKeyDictionary()
-
-
-def _inference_function(model: keras.Model):
-  if model not in _inference_functions:
-    _inference_functions[model] = tf.function(
-        lambda inputs: model(inputs, training=False),
-        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
-  return _inference_functions[model]
 
 
 def validation_metrics(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
