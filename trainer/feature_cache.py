@@ -9,7 +9,8 @@ import hashlib
 import logging
 import os
 import uuid
-from typing import Dict, List, Sequence, Tuple
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -66,6 +67,8 @@ class FrozenOutputs:
     self._deepest = deepest_cut
     self._augmentations = list(augmentations)
     self._seed = seed
+    # Each part of the base built once: both splits then run one traced function of it.
+    self._parts: Dict[Tuple[Optional[int], int], keras.Model] = {}
     self.computed: Dict[str, int] = {POOLED: 0, ACTIVATIONS: 0}  # cache files written
 
   def pooled_features(self) -> List[Outputs]:
@@ -89,11 +92,11 @@ class FrozenOutputs:
       return read(path)
     if blocks < self._deepest:
       below = self._split_outputs(split, self._deepest)
-      part = registry.section(self._base, self._deepest, blocks)
+      part = self._part(self._deepest, blocks)
       batches = data.inference_batches(data.examples_of(*below), self._batch_size)
       total = len(below[1])
     else:
-      part = registry.section(self._base, None, blocks)
+      part = self._part(None, blocks)
       batches = data.inference_batches(
           data.views(images, views, self._augmentations, self._seed), self._batch_size)
       total = data.example_count(files) * views
@@ -107,10 +110,29 @@ class FrozenOutputs:
     self.computed[ACTIVATIONS if blocks else POOLED] += 1
     return features, labels
 
+  def _part(self, from_top: Optional[int], to_top: int) -> keras.Model:
+    if (from_top, to_top) not in self._parts:
+      self._parts[from_top, to_top] = registry.section(self._base, from_top, to_top)
+    return self._parts[from_top, to_top]
+
 
 def outputs_of(part: keras.Model, batches: tf.data.Dataset, advance: Advance = ignore) -> Outputs:
   """`part`'s outputs (training=False) and the labels over (inputs, labels) batches."""
-  return collect(tf.function(lambda inputs: part(inputs, training=False)), batches, advance)
+  return collect(inference_function(part), batches, advance)
+
+
+# One traced inference function per model, whatever the batch size: a split's short last
+# batch, the other split and a Tuner trial's next fold reuse the trace (of a base: seconds).
+_inference_functions = weakref.WeakKeyDictionary()
+
+
+def inference_function(model: keras.Model):
+  """model(inputs, training=False) as a tf.function traced once, any batch size."""
+  if model not in _inference_functions:
+    _inference_functions[model] = tf.function(
+        lambda inputs: model(inputs, training=False),
+        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+  return _inference_functions[model]
 
 
 def collect(predict, batches: tf.data.Dataset, advance: Advance = ignore) -> Outputs:

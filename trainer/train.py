@@ -5,7 +5,6 @@ import dataclasses
 import logging
 import os
 import time
-import weakref
 from typing import Dict, List, Optional
 
 import keras
@@ -211,16 +210,20 @@ def fit_phase(model: keras.Model, learning_rate: float, train_examples: tf.data.
   """
   distributed = strategy is not None
   strategy = strategy or tf.distribute.get_strategy()
+  batches = data.training_batches(train_examples, batch_size, hp.seed,
+                                  hp.augmentations if augment else ())
   with strategy.scope():
     if restart:
       restart_optimizer(model, learning_rate)
     else:
       # Several steps per call make a head's tiny steps 2x faster; Keras 3.12 cannot run them
-      # on a distributed iterator (an unfed placeholder), so distributed fits take one.
+      # on a distributed iterator (an unfed placeholder), so distributed fits take one. No
+      # more than an epoch has (when known): their loop traces the step twice, 0.2-0.4 CPU s a
+      # head trial on a small set, where an epoch is one step.
+      steps = int(batches.cardinality())
       compile_for_training(model, learning_rate,
-                           STEPS_PER_EXECUTION if not distributed else 1)
-  batches = data.training_batches(train_examples, batch_size, hp.seed,
-                                  hp.augmentations if augment else ())
+                           1 if distributed else
+                           min(STEPS_PER_EXECUTION, steps) if steps > 0 else STEPS_PER_EXECUTION)
   callbacks = ([] if eval_examples is None else
                [EvaluateEachEpoch(data.inference_batches(eval_examples, batch_size))])
   if stop_early:
@@ -247,21 +250,9 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
     self._batches = batches
 
   def on_epoch_end(self, epoch, logs=None):
-    probabilities, labels = feature_cache.collect(_inference_function(self.model), self._batches)
+    probabilities, labels = feature_cache.collect(feature_cache.inference_function(self.model),
+                                                  self._batches)
     logs.update(validation_metrics(probabilities, labels))
-
-
-# One traced inference function per model, whatever the batch size: a Tuner trial fits one
-# head once per fold.
-_inference_functions = weakref.WeakKeyDictionary()
-
-
-def _inference_function(model: keras.Model):
-  if model not in _inference_functions:
-    _inference_functions[model] = tf.function(
-        lambda inputs: model(inputs, training=False),
-        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
-  return _inference_functions[model]
 
 
 def validation_metrics(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
