@@ -111,7 +111,7 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
   extra = os.path.join(path, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
-    json.dump({"class_names": list(class_names), "image_size": image_size}, f)
+    f.write(_metadata(class_names, image_size))
   _write_warmup_requests(os.path.join(extra, WARMUP_FILE))
   return path
 
@@ -127,7 +127,7 @@ def export_tflite(model: keras.Model, class_names: List[str], image_size: int, f
       PROBABILITIES: model(tf.cast(pixels, tf.float32), training=False)},
                        input_signature=[pixels_spec])
   calibration = [pixels[np.newaxis] for pixels in calibration_pixels]
-  metadata = json.dumps({"class_names": list(class_names), "image_size": image_size}).encode()
+  metadata = _metadata(class_names, image_size).encode()
   paths = []
   # TF 2.16 cannot convert a Keras 3 model directly (from_keras_model and
   # from_concrete_functions abort on its variables): it converts the model's SavedModel.
@@ -147,7 +147,14 @@ def export_tflite(model: keras.Model, class_names: List[str], image_size: int, f
   return paths
 
 
+def _metadata(class_names: List[str], image_size: int) -> str:
+  """METADATA_FILE's JSON, also each .tflite file's TFLITE_METADATA entry."""
+  return json.dumps({"class_names": list(class_names), "image_size": image_size})
+
+
 def _with_metadata(content: bytes, metadata: bytes) -> bytes:
+  """The .tflite `content` with `metadata` as its TFLITE_METADATA entry (a flatbuffer
+  metadata buffer, which interpreters ignore)."""
   model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
   buffer = tflite_schema.BufferT()
   buffer.data = np.frombuffer(metadata, np.uint8)
