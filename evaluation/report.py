@@ -3,8 +3,9 @@
 Sections: the data (ingest report and the ExampleValidator's anomalies), the tuning summary,
 learning curves with the fine-tuning marker, the per-class table and confusion matrix on the
 held-out split, the most confidently wrong held-out images, the training images whose given
-label the model most disagrees with (suspected mislabels), and the gate: its floor, its
-baseline, its verdict with its reasons.
+label the model most disagrees with (suspected mislabels), the size and held-out accuracy of
+the SavedModel and of its .tflite files (with --tflite), and the gate: its floor, its baseline,
+its verdict with its reasons.
 """
 
 import html
@@ -20,11 +21,9 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
-
-from components import features  # pylint: disable=wrong-import-position
 from tfx.utils import path_utils  # pylint: disable=wrong-import-position
 
-from components import filesystem  # pylint: disable=wrong-import-position
+from components import features, filesystem  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
 from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
 from trainer import data  # pylint: disable=wrong-import-position
