@@ -3,8 +3,9 @@
 Sections: the data (ingest report and the ExampleValidator's anomalies), the tuning summary,
 learning curves with the fine-tuning marker, the per-class table and confusion matrix on the
 held-out split, the most confidently wrong held-out images, the training images whose given
-label the model most disagrees with (suspected mislabels), and the gate: its floor, its
-baseline, its verdict with its reasons.
+label the model most disagrees with (suspected mislabels), the size and held-out accuracy of
+the SavedModel and of its .tflite files (with --tflite), and the gate: its floor, its baseline,
+its verdict with its reasons.
 """
 
 import html
@@ -20,12 +21,14 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
+from tfx.utils import path_utils  # pylint: disable=wrong-import-position
 
-from components import features  # pylint: disable=wrong-import-position
+from components import features, filesystem  # pylint: disable=wrong-import-position
 from components.filesystem import read_json  # pylint: disable=wrong-import-position
 from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
+from trainer import data  # pylint: disable=wrong-import-position
 from trainer.export import (EXAMPLES_INPUT, PHASE_1_PROBABILITIES,  # pylint: disable=wrong-import-position
-                            PROBABILITIES)
+                            PROBABILITIES, TFLITE_FLOAT16, TFLITE_INT8, TFLiteModel)
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -100,6 +103,10 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
                                     folder)))
     sections.append(("Suspected mislabels in the training images",
                      _mislabel_html(model_run, examples, folder)))
+    model_files = _model_files_html(path_utils.serving_model_path(artifacts["Trainer.model"]),
+                                    examples, held_out, results["accuracy"])
+    if model_files:
+      sections.append(("Model files", model_files))
   if "Evaluator.blessing" in artifacts:
     sections.append(("Gate", _gate_html(artifacts, len(ingest["class_names"]))))
   path = os.path.join(folder, "index.html")
@@ -272,6 +279,41 @@ def _held_out_html(results, predictions, names, split, folder):
           + "<h3>Most confidently wrong</h3>"
           + ("<img src='confidently_wrong.png' alt='wrong predictions'>" if grid
              else "<p>No wrong predictions.</p>"))
+
+
+def tflite_accuracies(models: List[TFLiteModel], examples_uri: str, split: str) -> List[float]:
+  """Each .tflite model's accuracy on a split's examples, decoded as the Trainer decodes them,
+  in one pass over the split."""
+  pattern = os.path.join(examples_uri, f"Split-{split}", "*")
+  correct, total = np.zeros(len(models)), 0
+  for pixels, label in data.decoded_images([pattern], models[0].image_size).as_numpy_iterator():
+    correct += [model.pixel_probabilities([pixels])[0].argmax() == label for model in models]
+    total += 1
+  return (correct / max(total, 1)).tolist()
+
+
+def _model_files_html(saved_model, examples, split, saved_model_accuracy):
+  """Size and accuracy of the SavedModel and of the .tflite files beside it (the Trainer writes
+  them with --tflite); None without them."""
+  names = (TFLITE_FLOAT16, TFLITE_INT8)
+  if not all(filesystem.exists(os.path.join(saved_model, name)) for name in names):
+    return None
+  models = [TFLiteModel(os.path.join(saved_model, name)) for name in names]
+  accuracies = tflite_accuracies(models, examples, split)
+  saved_model_bytes = sum(size for name, size, _ in filesystem.walk_files(saved_model)
+                          if name not in names)
+  rows = [["SavedModel (float32)", _megabytes(saved_model_bytes),
+           _number(saved_model_accuracy, 4)]]
+  rows += [[f"{name} ({kind})", _megabytes(model.size_bytes), _number(accuracy, 4)]
+           for name, kind, model, accuracy in zip(names, ("float16 weights", "int8"), models,
+                                                  accuracies)]
+  return ("<p>The .tflite files are pushed with each version, beside its SavedModel; they take "
+          "uint8 pixels [1, size, size, 3], decoded and resized as the SavedModel does.</p>"
+          + _table(["model", "size (MB)", f"{split} accuracy"], rows))
+
+
+def _megabytes(size_bytes):
+  return f"{size_bytes / 1e6:.1f}"
 
 
 def _mislabel_html(model_run, examples, folder):

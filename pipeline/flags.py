@@ -99,6 +99,10 @@ def add_pipeline_arguments(parser, output=True):
                            f"{gate.default_accuracy_floor(10):g} for ten)")
   parser.add_argument("--max-accuracy-drop", type=float, default=gate.MAX_ACCURACY_DROP,
                       help="... and no more than this below the most accurate blessed model")
+  parser.add_argument("--tflite", action=argparse.BooleanOptionalAction, default=False,
+                      help="also write model.tflite (float16) and model_int8.tflite (int8) "
+                           "beside the SavedModel, pushed with it, and score them in the "
+                           "report (README: what they cost)")
 
 
 def given_hparams(args):
@@ -139,5 +143,5 @@ def pipeline_config(args, stages):
       # `ingest` has no gate or tuning flags: the config's defaults stand.
       accuracy_threshold=getattr(args, "accuracy_threshold", None),
       max_accuracy_drop=getattr(args, "max_accuracy_drop", gate.MAX_ACCURACY_DROP),
-      allow_anomalies=args.allow_anomalies,
+      allow_anomalies=args.allow_anomalies, tflite=getattr(args, "tflite", False),
       tune=getattr(args, "tune", False), search_space=given_search_space(args))

@@ -58,6 +58,7 @@ class PipelineConfig:
   max_accuracy_drop: float = gate.MAX_ACCURACY_DROP  # ... nor one this much worse than the best blessed model
   allow_anomalies: bool = False  # train even if the ExampleValidator found anomalies
   serving_dir: str = ""  # Pusher's target: <serving_dir>/<version>/
+  tflite: bool = False  # the Trainer also writes .tflite files beside the SavedModel (flags.py)
   # Kubeflow/Vertex: steps run in the component image, so code is imported from the installed
   # package (a local module path means nothing there) and artifacts may be gs:// URIs.
   remote: bool = False
@@ -147,7 +148,7 @@ def _training_nodes(config, example_gen, schema_gen):
   trainer_component = trainer_class(
       **trainer_code, **splits,
       hyperparameters=tuner.outputs["best_hyperparameters"] if config.tune else None,
-      custom_config={**shared_config, **trainer_jobs})
+      custom_config={**shared_config, **trainer_jobs, "tflite": config.tflite})
   # TFX 1.16's Kubeflow V2 compiler knows only the built-in strategies: remote runs compare
   # against the latest blessed model.
   strategy, evaluations = (

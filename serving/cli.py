@@ -21,8 +21,8 @@ def register(commands) -> None:
   serve = commands.add_parser("serve", help="serve pushed models over TF Serving's REST API")
   add_serve_arguments(serve)
   serve.set_defaults(func=serve_main)
-  predict = commands.add_parser("predict", help="top-k classes of images, from a SavedModel "
-                                                "or a running server")
+  predict = commands.add_parser("predict", help="top-k classes of images, from a SavedModel, "
+                                                "a .tflite file or a running server")
   add_predict_arguments(predict)
   predict.set_defaults(func=predict_main)
 
@@ -165,8 +165,9 @@ def is_loopback(host: str) -> bool:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("images", nargs="+", metavar="IMG", help="image files to classify")
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--model", help="a SavedModel, or a folder of numbered versions (the "
-                                      "newest is used), loaded in this process")
+  source.add_argument("--model", help="a SavedModel, a folder of numbered versions (the "
+                                      "newest is used) or a .tflite file, loaded in this "
+                                      "process")
   source.add_argument("--server", metavar="URL",
                       help="the model's URL on a running `headswap serve` or TF Serving, as "
                            f"`headswap serve` prints it: http://{DEFAULT_HOST}:{DEFAULT_PORT}"

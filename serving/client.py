@@ -1,5 +1,5 @@
-"""`headswap predict`: the top classes of each image, from a SavedModel loaded in process or
-from a server over TF Serving's REST API."""
+"""`headswap predict`: the top classes of each image, from a SavedModel or .tflite file loaded in
+process or from a server over TF Serving's REST API."""
 
 import base64
 import dataclasses
@@ -52,11 +52,13 @@ def split_model_url(url: str, model_name: Optional[str] = None) -> Tuple[str, st
 def predict_local(model_path: str, image_paths: Sequence[str],
                   max_pixels: int = ServerConfig.max_pixels,
                   batch_size: int = ServerConfig.max_batch_size) -> List[ImageResult]:
-  """`model_path` is a SavedModel or a base path of numbered versions (the newest is used)."""
+  """`model_path` is a .tflite file, a SavedModel or a base path of numbered versions (the
+  newest is used)."""
   from serving import images, models  # TensorFlow: only for this mode
   from trainer import export
 
-  model = models.LoadedModel(export.resolve_saved_model(model_path))
+  model = (models.LoadedTFLite(model_path) if model_path.endswith(".tflite") else
+           models.LoadedModel(export.resolve_saved_model(model_path)))
   results, readable = [], []
   for path in image_paths:
     result = ImageResult(path, class_names=model.class_names)

@@ -28,7 +28,7 @@ from evaluation.tfma_results import ACCURACY
 from pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
 from pipeline.pipeline import PipelineConfig
 from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
-from trainer.export import ExportedModel
+from trainer.export import TFLITE_FLOAT16, TFLITE_INT8, ExportedModel
 
 TINY = ["--image-size", "64", "--batch-size", "8", "--fine-tune-epochs", "1",
         "--augment", "flip"]
@@ -42,7 +42,8 @@ def good_run(tmp_path_factory):
   write_class_folders(str(data / "test"), per_class=4, seed=4)
   output = str(root / "output")
   cli.main(["run", "--data", str(data), "--output", output, *TINY, "--epochs", "10",
-            "--max-trials", "4", "--depth-trials", "2", "--accuracy-threshold", "0.7"])
+            "--max-trials", "4", "--depth-trials", "2", "--accuracy-threshold", "0.7",
+            "--tflite"])
   return str(data), output, local_runner.last_run_artifacts(local_runner.metadata_path(output))
 
 
@@ -94,6 +95,12 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
   assert "8 images (as the test split's Evaluator measured it)" in report
   assert training["hparams"]["fit_eval_split"] and "val_accuracy" not in training["frozen"]
   assert "Both phases trained on the train and eval splits" in report
+  # --tflite: both files pushed with the version, and scored on the test split in the report.
+  version, = _versions(output)
+  assert {TFLITE_FLOAT16, TFLITE_INT8} <= set(os.listdir(os.path.join(output, "serving", "data",
+                                                                      version)))
+  assert re.search(r"<td>model_int8.tflite \(int8\)</td><td class='n'>[\d.]+</td>"
+                   r"<td class='n'>[\d.]+</td>", report)
 
 
 def test_the_shipped_model_fitted_every_photo_but_the_gates_and_predicts_them_as_exported(

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from components import features
 from components.progress import PLAIN_STEPS
+from evaluation import report
 from tests.conftest import read_examples, write_class_folders
 from tests.examples import write_examples
 from trainer import data, export, feature_cache, preprocessing, train
@@ -335,3 +336,51 @@ def test_training_runs_on_mirrored_replicas(examples, tmp_path, replicas, paths)
   assert report["copies_agree"]  # every replica applied the same all-reduced updates
   assert report["phases"] == ["frozen", "fine_tune"]
   assert report["train_predictions"] == sizes[0]
+
+
+@pytest.fixture(scope="module")
+def tflite_export(examples, tmp_path_factory):
+  """A trained classifier's SavedModel with both .tflite files beside it, as run_fn writes it.
+  ImageNet weights: a random base gives every image the same probabilities, so int8 could not
+  be told from float."""
+  tmp_path = tmp_path_factory.mktemp("tflite")
+  run = _train(examples, _hparams("imagenet", fine_tune_blocks=0), tmp_path)
+  path = export.export_classifier(run.classifier, ["cats", "dogs"], SIZE, str(tmp_path / "model"))
+  train_images = data.decoded_images([os.path.join(examples, "Split-train", "*")], SIZE)
+  export.export_tflite(run.classifier, ["cats", "dogs"], SIZE, path,
+                       (pixels for pixels, _ in train_images.as_numpy_iterator()))
+  return path
+
+
+def test_tflite_files_predict_as_the_saved_model_and_int8_is_smaller(examples, tflite_export):
+  rows = read_examples(examples)[features.EVAL]
+  images = [row[features.IMAGE] for row in rows]
+  expected = export.ExportedModel(tflite_export).probabilities(images)
+  float16 = export.TFLiteModel(os.path.join(tflite_export, export.TFLITE_FLOAT16))
+  int8 = export.TFLiteModel(os.path.join(tflite_export, export.TFLITE_INT8))
+  for model in (float16, int8):
+    assert (model.class_names, model.image_size) == (["cats", "dogs"], SIZE)
+    details, = tf.lite.Interpreter(model.path).get_input_details()
+    assert details["dtype"] == np.uint8 and list(details["shape"]) == [1, SIZE, SIZE, 3]
+  np.testing.assert_allclose(float16.probabilities(images), expected, atol=0.01)
+  agree = int8.probabilities(images).argmax(-1) == expected.argmax(-1)
+  assert agree.mean() >= 0.8, agree
+  assert int8.size_bytes < float16.size_bytes
+  # The report's scoring reads the split's TFRecords: the float16 model scores as the SavedModel.
+  accuracy = (expected.argmax(-1) == [row[features.LABEL] for row in rows]).mean()
+  assert report.tflite_accuracies([float16], examples, features.EVAL) == [accuracy]
+
+
+def test_predict_classifies_with_a_tflite_file_as_with_the_saved_model(tflite_export, tmp_path,
+                                                                       capsys):
+  from pipeline import cli
+
+  write_class_folders(str(tmp_path), per_class=1)
+  image = str(tmp_path / "cats" / "cats.0.jpg")
+  outputs = []
+  for model in (tflite_export, os.path.join(tflite_export, export.TFLITE_FLOAT16)):
+    cli.main(["predict", "--model", model, "--top-k", "1", image])
+    outputs.append(capsys.readouterr().out.splitlines())
+  assert outputs[1][0] == image and outputs[1][1].split()[0] == outputs[0][1].split()[0]
+  with pytest.raises(SystemExit, match="cannot load"):
+    cli.main(["predict", "--model", str(tmp_path / "missing.tflite"), image])

@@ -17,16 +17,26 @@ warm-up format): TF Serving, and `headswap serve`, replay them at load so that t
 client request after a push or restart is not the one that pays for the first model call.
 
 ExportedModel loads one back, for evaluation and (with its checks) serving/models.py.
+
+export_tflite writes the same classifier for phones next to it, so a push carries them with the
+version: model.tflite (float16 weights) and model_int8.tflite (full-integer, calibrated on
+training images). Both take uint8 pixels [1, size, size, 3] as preprocessing.decode_image gives
+them (TFLite has no image decoder; the 0-255 rounding makes uint8 exact) and give probabilities
+[1, C]; class names and image size ride in each file's metadata, so a file works on its own.
+TFLiteModel loads one back.
 """
 
 import json
 import os
 import re
-from typing import Dict, List, Optional, Sequence
+import tempfile
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as tflite_schema
+from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from components import features, filesystem
@@ -43,6 +53,10 @@ METADATA_FILE = "headswap.json"  # in assets.extra: class names and image size f
 WARMUP_FILE = "tf_serving_warmup_requests"  # in assets.extra: TF Serving's fixed name
 INPUT_OF = {SERVING_SIGNATURE: IMAGES_INPUT, EXAMPLES_SIGNATURE: EXAMPLES_INPUT}
 VERSION_FOLDER = re.compile(r"[0-9]+")  # the Pusher's staging folders never match
+TFLITE_FLOAT16, TFLITE_INT8 = "model.tflite", "model_int8.tflite"  # in the SavedModel's folder
+PIXELS_INPUT = "pixels"  # the .tflite files' input
+TFLITE_METADATA = "headswap"  # their metadata entry: METADATA_FILE's JSON
+CALIBRATION_IMAGES = 300  # training images the int8 model's ranges are measured on
 
 
 def export_classifier(model: keras.Model, class_names: List[str], image_size: int,
@@ -97,9 +111,58 @@ def export_classifier(model: keras.Model, class_names: List[str], image_size: in
   extra = os.path.join(path, "assets.extra")
   tf.io.gfile.makedirs(extra)
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
-    json.dump({"class_names": list(class_names), "image_size": image_size}, f)
+    f.write(_metadata(class_names, image_size))
   _write_warmup_requests(os.path.join(extra, WARMUP_FILE))
   return path
+
+
+def export_tflite(model: keras.Model, class_names: List[str], image_size: int, folder: str,
+                  calibration_pixels: Iterable[np.ndarray]) -> List[str]:
+  """Writes TFLITE_FLOAT16 and TFLITE_INT8 of `model` into `folder`; calibration_pixels are
+  uint8 [size, size, 3] training images. Returns the two paths."""
+  pixels_spec = tf.TensorSpec([1, image_size, image_size, 3], tf.uint8, name=PIXELS_INPUT)
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(SERVING_SIGNATURE, lambda pixels: {
+      PROBABILITIES: model(tf.cast(pixels, tf.float32), training=False)},
+                       input_signature=[pixels_spec])
+  calibration = [pixels[np.newaxis] for pixels in calibration_pixels]
+  metadata = _metadata(class_names, image_size).encode()
+  paths = []
+  # TF 2.16 cannot convert a Keras 3 model directly (from_keras_model and
+  # from_concrete_functions abort on its variables): it converts the model's SavedModel.
+  with tempfile.TemporaryDirectory(prefix="headswap-tflite-") as saved_model:
+    archive.write_out(saved_model, verbose=False)
+    for name in (TFLITE_FLOAT16, TFLITE_INT8):
+      converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      if name == TFLITE_FLOAT16:
+        converter.target_spec.supported_types = [tf.float16]
+      else:  # the uint8 input stays as it is (a Cast inside), the probabilities float
+        converter.representative_dataset = lambda: ([pixels] for pixels in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+      paths.append(os.path.join(folder, name))
+      with tf.io.gfile.GFile(paths[-1], "wb") as f:
+        f.write(_with_metadata(converter.convert(), metadata))
+  return paths
+
+
+def _metadata(class_names: List[str], image_size: int) -> str:
+  """METADATA_FILE's JSON, also each .tflite file's TFLITE_METADATA entry."""
+  return json.dumps({"class_names": list(class_names), "image_size": image_size})
+
+
+def _with_metadata(content: bytes, metadata: bytes) -> bytes:
+  """The .tflite `content` with `metadata` as its TFLITE_METADATA entry (a flatbuffer
+  metadata buffer, which interpreters ignore)."""
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+  buffer = tflite_schema.BufferT()
+  buffer.data = np.frombuffer(metadata, np.uint8)
+  model.buffers.append(buffer)
+  entry = tflite_schema.MetadataT()
+  entry.name, entry.buffer = TFLITE_METADATA, len(model.buffers) - 1
+  model.metadata = (model.metadata or []) + [entry]
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def sample_image() -> bytes:
@@ -137,6 +200,38 @@ class ExportedModel:
                [PROBABILITIES].numpy()
                for start in range(0, len(encoded_images), batch_size)]
     return np.concatenate(batches) if batches else np.zeros((0, len(self.class_names)))
+
+
+class TFLiteModel:
+  """A .tflite export_tflite wrote, local or gs://."""
+
+  def __init__(self, path: str):
+    self.path = path
+    with filesystem.open_file(path) as f:
+      content = f.read()
+    self.size_bytes = len(content)
+    model = tflite_schema.Model.GetRootAs(content)
+    entries = {model.Metadata(i).Name(): model.Metadata(i).Buffer()
+               for i in range(model.MetadataLength())}
+    if TFLITE_METADATA.encode() not in entries:
+      raise ValueError(f"{path} has no {TFLITE_METADATA!r} metadata: not a headswap export")
+    metadata = json.loads(model.Buffers(entries[TFLITE_METADATA.encode()]).DataAsNumpy().tobytes())
+    self.class_names: List[str] = metadata["class_names"]
+    self.image_size: int = metadata["image_size"]
+    self._run = tf.lite.Interpreter(model_content=content).get_signature_runner()
+
+  def pixel_probabilities(self, images: Iterable[np.ndarray]) -> np.ndarray:
+    """[images, classes] of uint8 images [size, size, 3], one interpreter call each (its
+    input holds one)."""
+    rows = [self._run(**{PIXELS_INPUT: pixels[np.newaxis].astype(np.uint8)})[PROBABILITIES][0]
+            for pixels in images]
+    return np.array(rows).reshape(-1, len(self.class_names))
+
+  def probabilities(self, encoded_images: Sequence[bytes]) -> np.ndarray:
+    """[images, classes], decoded as the SavedModel decodes them."""
+    return self.pixel_probabilities(
+        preprocessing.decode_image(tf.constant(image), self.image_size).numpy()
+        for image in encoded_images)
 
 
 def version_paths(base_path: str) -> Dict[int, str]:

@@ -39,6 +39,11 @@ def run_fn(fn_args: FnArgs) -> None:
     return
   export.export_classifier(run.classifier, class_names, run.image_size, fn_args.serving_model_dir,
                            run.both_phases)
+  if config.get("tflite"):
+    calibration = data.decoded_images(fn_args.train_files, run.image_size).take(
+        export.CALIBRATION_IMAGES)
+    export.export_tflite(run.classifier, class_names, run.image_size, fn_args.serving_model_dir,
+                         (pixels for pixels, _ in calibration.as_numpy_iterator()))
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   fitted_files = data.example_files(fn_args.train_files)  # in TrainingRun's order
   if hp.fit_eval_split:
