@@ -18,6 +18,9 @@ def metadata_path(output: str) -> str:
   return os.path.join(output, "metadata.sqlite")
 
 
+_DO_NOT_PACKAGE = "UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES"  # tfx/components/util/udf_utils.py
+
+
 def run(config: PipelineConfig, metadata_file: str,
         beam_pipeline_args: Optional[List[str]] = None) -> Dict[str, str]:
   """Runs the pipeline; returns last_run_artifacts: the URIs this run wrote or reused.
@@ -47,9 +50,6 @@ def _user_modules_unpackaged():
       del os.environ[_DO_NOT_PACKAGE]
     else:
       os.environ[_DO_NOT_PACKAGE] = previous
-
-
-_DO_NOT_PACKAGE = "UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES"  # tfx/components/util/udf_utils.py
 
 
 def last_run_artifacts(metadata_file: str) -> Dict[str, str]:
