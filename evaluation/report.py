@@ -199,8 +199,8 @@ def _tuning_html(summary, results):
               f"{_number(tuned['val_accuracy'], 4)} (loss {_number(tuned['val_loss'], 4)}) "
               f"against the head's {_number(extraction['eval_val_accuracy'], 4)} "
               f"({_number(extraction['eval_val_loss'], 4)}); to be kept it had to add more "
-              f"than {_number(summary['required_gain'], 4)}, one standard error of the head's "
-              f"accuracy on {extraction['eval_images']} images, what chance alone moves it by"
+              f"than {_number(summary['required_gain'], 4)}, what chance alone adds to the "
+              f"best of every epoch of every depth trial on {extraction['eval_images']} images"
               if tuned else " (not tried)")
   parts.append(f"<p>Fine-tuning {'paid off' if paid_off else 'did not pay off'}{measured}. "
                "The Trainer got:</p>"

@@ -55,7 +55,7 @@ def summarize(heads: StageOracle, depth: StageOracle,
           LOSS: best_tuned[LOSS], "epochs": best_tuned[EPOCHS],
           "fine_tune_blocks": best_tuned["hyperparameters"]["fine_tune_blocks"]},
       "fine_tuning_paid_off": bool(tuned_trial and paid_off(tuned_trial)),
-      # the eval accuracy fine-tuning had to add to the head's: one standard error of it
+      # the eval accuracy fine-tuning had to add to the head's (tuning/trials.py)
       "required_gain": tuned_trial and required_gain(tuned_trial),
   }
 
@@ -106,8 +106,8 @@ def _verdict(summary: Dict[str, Any]) -> str:
           f"eval val_accuracy {_number(tuned['val_accuracy'])}, {LOSS} "
           f"{_number(tuned[LOSS])}, against the head's {_number(extraction['eval_val_accuracy'])}"
           f", {_number(extraction['eval_val_loss'])} (it must add more than "
-          f"{_number(summary['required_gain'])}, one standard error on "
-          f"{extraction[EVAL_IMAGES]} images); {measured}")
+          f"{_number(summary['required_gain'])}, what chance adds to the best of every epoch "
+          f"of every trial on {extraction[EVAL_IMAGES]} images); {measured}")
 
 
 def _number(value):
