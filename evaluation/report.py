@@ -191,7 +191,7 @@ def _tuning_html(summary, results):
              "" if t["status"] == "COMPLETED" else t["status"]] for t in best_first(trials)]
     parts.append(f"<h3>{html.escape(stage)}: {len(trials)} trials in {content['seconds']} s, "
                  f"ranked by {html.escape(summary['objective'][stage])}</h3>"
-                 + _table(["trial", "worker", "val_loss", "val_accuracy", "epochs", "seconds",
+                 + _table(["trial", "worker", "val_loss", "val_accuracy", "best epoch", "seconds",
                            *names, "status"], rows))
   paid_off = summary["fine_tuning_paid_off"]
   extraction, tuned = summary["feature_extraction"], summary["best_fine_tune"]
