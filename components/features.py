@@ -3,6 +3,8 @@
 ExampleGen writes these features; the Trainer, the Evaluator and the report read them.
 """
 
+import os
+
 IMAGE = "image"  # encoded RGB JPEG or PNG bytes
 LABEL = "label"  # int64 index into the sorted class list
 LABEL_NAME = "label_name"
@@ -20,3 +22,8 @@ TRAIN, EVAL, TEST = "train", "eval", "test"
 
 CLASS_NAMES_FILE = "class_names.json"  # written next to the splits of the Examples artifact
 REPORT_FILE = "ingest_report.json"
+
+
+def split_pattern(examples_uri: str, split: str) -> str:
+  """The files of one split of an Examples artifact, as TFX lays them out."""
+  return os.path.join(examples_uri, f"Split-{split}", "*")

@@ -72,7 +72,7 @@ def read_predictions(inference_uri: str) -> Dict[str, list]:
 
 
 def _parsed_examples(examples_uri: str, split: str):
-  files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+  files = tf.io.gfile.glob(features.split_pattern(examples_uri, split))
   spec = {features.IMAGE: tf.io.FixedLenFeature([], tf.string),
           features.LABEL: tf.io.FixedLenFeature([], tf.int64),
           features.FILENAME: tf.io.FixedLenFeature([], tf.string)}
@@ -284,8 +284,8 @@ def _held_out_html(results, predictions, names, split, folder):
 def tflite_accuracies(models: List[TFLiteModel], examples_uri: str, split: str) -> List[float]:
   """Each .tflite model's accuracy on a split's examples, decoded as the Trainer decodes them,
   in one pass over the split."""
-  pattern = os.path.join(examples_uri, f"Split-{split}", "*")
   correct, total = np.zeros(len(models)), 0
+  pattern = features.split_pattern(examples_uri, split)
   for pixels, label in data.decoded_images([pattern], models[0].image_size).as_numpy_iterator():
     correct += [model.pixel_probabilities([pixels])[0].argmax() == label for model in models]
     total += 1

@@ -49,11 +49,12 @@ def split_files(examples: str) -> Tuple[List[str], List[str]]:
   """The train and eval file patterns of an Examples artifact folder."""
   patterns = []
   for split in (features.TRAIN, features.EVAL):
-    folder = os.path.join(examples, f"Split-{split}")
-    if not tf.io.gfile.glob(os.path.join(folder, "*")):
-      raise TuneError(f"{folder}: no examples; --examples takes the examples folder that "
-                      f"`headswap ingest` prints (with Split-train/ and Split-eval/ inside)")
-    patterns.append([os.path.join(folder, "*")])
+    pattern = features.split_pattern(examples, split)
+    if not tf.io.gfile.glob(pattern):
+      raise TuneError(f"{os.path.dirname(pattern)}: no examples; --examples takes the examples "
+                      f"folder that `headswap ingest` prints (with Split-train/ and Split-eval/ "
+                      f"inside)")
+    patterns.append([pattern])
   if not tf.io.gfile.exists(os.path.join(examples, features.CLASS_NAMES_FILE)):
     raise TuneError(f"{examples}: no {features.CLASS_NAMES_FILE}; is it an ImageExampleGen "
                     f"output?")

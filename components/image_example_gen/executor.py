@@ -175,7 +175,7 @@ def check_written(examples_uri: str, report: Dict[str, Any]) -> None:
   Beam's DirectRunner in multi_threading mode dropped one example of 3,000 in each of four
   runs here, silently: a run that lost an example fails, naming the split."""
   for split, per_class in report["counts"].items():
-    pattern = os.path.join(examples_uri, f"Split-{split}", "*")
+    pattern = features.split_pattern(examples_uri, split)
     written = sum(1 for _ in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern),
                                                        compression_type="GZIP"))
     if written != sum(per_class.values()):
