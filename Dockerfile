@@ -26,7 +26,7 @@ RUN python -m pip install --no-cache-dir --no-deps .
 
 # EfficientNet-Lite ImageNet weights converted once, here, not in every pipeline step.
 ENV HEADSWAP_CACHE_DIR=/opt/headswap-cache
-RUN python -c "from trainer.backbones import efficientnet_lite as lite; \
+RUN python -c "from headswap.trainer.backbones import efficientnet_lite as lite; \
 [lite.imagenet_weights_file(name) for name in ('efficientnet_lite0', 'efficientnet_lite1', \
 'efficientnet_lite2')]"
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from trainer.backbones import efficientnet_lite, registry
+from headswap.trainer.backbones import efficientnet_lite, registry
 
 BATCH_SIZE = 32
 

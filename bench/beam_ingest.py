@@ -34,7 +34,7 @@ def component_seconds(output: str) -> dict:
   from ml_metadata.metadata_store import metadata_store
   from tfx import v1 as tfx
 
-  from pipeline import local_runner
+  from headswap.pipeline import local_runner
 
   store = metadata_store.MetadataStore(
       tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -53,7 +53,7 @@ def run_mode(data: str, beam_args: str, workdir: str) -> dict:
   output = tempfile.mkdtemp(dir=workdir)
   before = _children_cpu_seconds()
   started = time.time()
-  subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "--data", data,
+  subprocess.run([sys.executable, "-m", "headswap.pipeline.cli", "ingest", "--data", data,
                   "--output", output, f"--beam-args={beam_args}"],
                  check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return {"wall_seconds": round(time.time() - started, 1),

@@ -33,7 +33,7 @@ TARGETS = {"test_accuracy": 0.993, "wall_ratio_vs_seed": 0.5, "peak_memory_gib":
 
 def test_metrics(evaluation_uri, class_names):
   """Accuracy, example count and per-class precision/recall/F1 from TFMA's output."""
-  from evaluation.tfma_results import candidate_results
+  from headswap.evaluation.tfma_results import candidate_results
 
   results = candidate_results(evaluation_uri, class_names)
   return {"test_accuracy": round(results["accuracy"], 4), "test_examples": results["examples"],
@@ -44,8 +44,8 @@ def test_metrics(evaluation_uri, class_names):
 
 def headswap_results(output, run: Measured):
   """What the run did, read back from its metadata and artifacts."""
-  from components.filesystem import read_json
-  from pipeline import local_runner
+  from headswap.components.filesystem import read_json
+  from headswap.pipeline import local_runner
 
   store = local_runner.open_store(local_runner.metadata_path(output), read_only=True)
   executions = local_runner.last_run_executions(store)
@@ -78,7 +78,7 @@ def headswap_results(output, run: Measured):
                                               "best_hyperparameters.txt"))["values"]
   model_run = artifacts.get("Trainer.model_run")
   if model_run:
-    from trainer.task import SUMMARY_FILE
+    from headswap.trainer.task import SUMMARY_FILE
 
     summary = read_json(os.path.join(model_run.uri, SUMMARY_FILE)) or {}
     results["training"] = {key: value for key, value in summary.items() if key != "hparams"}
@@ -91,7 +91,7 @@ def headswap_results(output, run: Measured):
   results["wall_seconds"]["compute"] = compute_seconds(tuning, results.get("training"))
   results["wall_seconds"]["everything_else"] = round(
       run.wall_seconds - sum(results["wall_seconds"]["compute"].values()), 1)
-  from components import features
+  from headswap.components import features
 
   ingest = read_json(os.path.join(examples, features.REPORT_FILE))
   if features.TEST in ingest["counts"] and "Evaluator.evaluation" in artifacts:
@@ -126,7 +126,7 @@ def probes(data, training, model_run):
   import frozen_features
   import keras
 
-  from trainer.task import FROZEN_HEAD_FILE
+  from headswap.trainer.task import FROZEN_HEAD_FILE
 
   backbone = training["backbone"]
   cache = tempfile.mkdtemp(prefix="headswap-probe-")
@@ -179,8 +179,8 @@ def main():
   output = os.path.abspath(args.output or tempfile.mkdtemp(prefix="headswap-e2e-"))
   logs = os.path.join(output, "bench_logs")
   os.makedirs(logs, exist_ok=True)
-  command = [sys.executable, "-m", "pipeline.cli", "run", "--data", args.data, "--output", output,
-             *headswap_flags]
+  command = [sys.executable, "-m", "headswap.pipeline.cli", "run", "--data", args.data,
+             "--output", output, *headswap_flags]
   run = run_measured(command, os.path.join(logs, "headswap"), args.timeout)
   report = {"benchmark": "headswap run", "command": "headswap " + " ".join(command[3:]),
             "output": output}

@@ -30,8 +30,8 @@ BATCH_SIZE = 32
 
 def encoded_images(data):
   """{split: (encoded images, labels)} through the ingest decoder, as the pipeline stores them."""
-  from components import features
-  from components.image_example_gen import decode, sources
+  from headswap.components import features
+  from headswap.components.image_example_gen import decode, sources
 
   listing = sources.list_images(data)
   splits = {}
@@ -48,7 +48,7 @@ def pixels_of(images, image_size):
   """uint8 [N, size, size, 3], as trainer/data.py decoded_images makes them."""
   import tensorflow as tf
 
-  from trainer import preprocessing
+  from headswap.trainer import preprocessing
 
   dataset = tf.data.Dataset.from_tensor_slices(images).map(
       lambda one: tf.cast(preprocessing.decode_image(one, image_size), tf.uint8),
@@ -61,8 +61,8 @@ def augmented_view(pixels):
   HParams (the pipeline's second cached view before the mirror took its place)."""
   import tensorflow as tf
 
-  from trainer import data
-  from trainer.hparams import HParams
+  from headswap.trainer import data
+  from headswap.trainer.hparams import HParams
 
   hp = HParams()
   return np.stack([data.augment(tf.constant(image), tf.constant([hp.seed + 1, i], tf.int64),
@@ -95,7 +95,7 @@ def backbone_features(backbone, splits, cache):
   path = cache_file(cache, backbone)
   if os.path.exists(path):
     return dict(np.load(path))
-  from trainer.backbones import registry
+  from headswap.trainer.backbones import registry
 
   name, _, size = backbone.partition("@")
   base = registry.build_base(name, "imagenet", int(size) if size else None)
@@ -133,8 +133,8 @@ def project_head(train_x, train_y, seed):
   Adam at the default LR, early stopping on val_loss with the best weights restored."""
   import keras
 
-  from trainer.hparams import HParams
-  from trainer.model import build_head, compile_for_training
+  from headswap.trainer.hparams import HParams
+  from headswap.trainer.model import build_head, compile_for_training
 
   hp = HParams()
   keras.utils.set_random_seed(seed)

@@ -75,7 +75,7 @@ def run(args):
 
   import keras
 
-  from trainer.backbones.registry import keras_cache_dir
+  from headswap.trainer.backbones.registry import keras_cache_dir
 
   keras.utils.set_random_seed(args.seed)
   weights = "imagenet" if os.path.isfile(os.path.join(keras_cache_dir(), WEIGHTS_FILE)) else None

@@ -37,8 +37,8 @@ import psutil
 from PIL import Image
 
 from common import ROOT, SHARED_DATA
-from serving.config import ServerConfig
-from trainer.hparams import HParams
+from headswap.serving.config import ServerConfig
+from headswap.trainer.hparams import HParams
 
 DEFAULT_PHOTO = os.path.join(SHARED_DATA, "test", "cats", "cat.4001.jpg")
 PHOTO_SIZE = (450, 375)
@@ -61,10 +61,10 @@ def export_model(path, backbone, image_size, image, tflite):
   """The classifier as the Trainer builds and exports it (the head's weights are untrained:
   speed does not depend on them); with `tflite`, its .tflite files beside it, calibrated on
   `image` (ranges, not speed, depend on the calibration photos)."""
-  from trainer import export, preprocessing
-  from trainer.backbones import registry
-  from trainer.hparams import HParams
-  from trainer.model import build_classifier, build_head
+  from headswap.trainer import export, preprocessing
+  from headswap.trainer.backbones import registry
+  from headswap.trainer.hparams import HParams
+  from headswap.trainer.model import build_classifier, build_head
 
   base = registry.build_base(backbone, "imagenet", image_size)
   image_size = base.input_shape[1]  # 0: the backbone's native size
@@ -79,7 +79,7 @@ def export_model(path, backbone, image_size, image, tflite):
 
 def tflite_latency(model_path, image, calls=50):
   """{file: size, p50/p99 ms of one photo, decode included} of each .tflite file."""
-  from trainer import export
+  from headswap.trainer import export
 
   results = {}
   for name in (export.TFLITE_FLOAT16, export.TFLITE_INT8):
@@ -101,7 +101,7 @@ def offline_throughput(model_path, image, batch_sizes, seconds=3.0):
   """{batch size: images/s and CPU ms per image} of the SavedModel's serving_default, called
   directly. CPU time counts only this process's work, so it holds up when others share the
   machine; images/s does not."""
-  from serving.models import LoadedModel
+  from headswap.serving.models import LoadedModel
 
   model = LoadedModel(model_path)
   rates = {}
@@ -125,7 +125,7 @@ def free_port():
 
 
 def start_server(base_path, port, args):
-  command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base_path,
+  command = [sys.executable, "-m", "headswap.pipeline.cli", "serve", "--model-base-path", base_path,
              "--port", str(port), "--max-body-bytes", str(MAX_BODY_BYTES),
              "--max-batch-size", str(args.max_batch_size),
              "--batch-timeout-ms", str(args.batch_timeout_ms)]

@@ -25,12 +25,12 @@ TARGET_HEAD_TRIALS_PER_MINUTE = 10
 
 
 def examples_folder(args) -> str:
-  from pipeline import local_runner
+  from headswap.pipeline import local_runner
 
   if args.examples:
     return args.examples
   if not os.path.exists(local_runner.metadata_path(args.ingest_output)):
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "--data", args.data,
+    subprocess.run([sys.executable, "-m", "headswap.pipeline.cli", "ingest", "--data", args.data,
                     "--output", args.ingest_output], check=True)
   return local_runner.last_run_artifacts(
       local_runner.metadata_path(args.ingest_output))["ImageExampleGen.examples"]
@@ -48,9 +48,9 @@ def main():
   examples = examples_folder(args)
   load_before = os.getloadavg()
 
-  from trainer.hparams import HParams
-  from tuning import jobs
-  from tuning.space import SearchSpace
+  from headswap.trainer.hparams import HParams
+  from headswap.tuning import jobs
+  from headswap.tuning.space import SearchSpace
 
   space = SearchSpace(head_trials=args.head_trials, depth_trials=args.depth_trials,
                       depth_epochs=args.depth_epochs)

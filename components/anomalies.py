@@ -12,7 +12,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from components.image_example_gen.sources import IngestError
+from headswap.components.image_example_gen.sources import IngestError
 
 
 class AnomaliesFound(IngestError):

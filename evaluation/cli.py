@@ -2,7 +2,7 @@
 
 import json
 
-from components.image_example_gen.sources import DEFAULT_MAX_PIXELS
+from headswap.components.image_example_gen.sources import DEFAULT_MAX_PIXELS
 
 
 def register(commands):
@@ -17,7 +17,7 @@ def register(commands):
 
 
 def main(args):
-  from evaluation.folder_eval import evaluate_folder
+  from headswap.evaluation.folder_eval import evaluate_folder
 
   print(json.dumps(evaluate_folder(args.model, args.data, args.labels, args.max_pixels),
                    indent=2))

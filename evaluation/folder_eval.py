@@ -4,10 +4,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from components import features
-from components.image_example_gen import decode, sources
-from evaluation.metrics import classification_report
-from trainer import export
+from headswap.components import features
+from headswap.components.image_example_gen import decode, sources
+from headswap.evaluation.metrics import classification_report
+from headswap.trainer import export
 
 
 def evaluate_folder(model_path: str, data: str, labels_csv: Optional[str] = None,

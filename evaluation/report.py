@@ -23,12 +23,12 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
 from tfx.utils import path_utils  # pylint: disable=wrong-import-position
 
-from components import features, filesystem  # pylint: disable=wrong-import-position
-from components.filesystem import read_json  # pylint: disable=wrong-import-position
-from evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
-from trainer import data  # pylint: disable=wrong-import-position
-from trainer.export import (EXAMPLES_INPUT, PHASE_1_PROBABILITIES,  # pylint: disable=wrong-import-position
-                            PROBABILITIES, TFLITE_FLOAT16, TFLITE_INT8, TFLiteModel)
+from headswap.components import features, filesystem  # pylint: disable=wrong-import-position
+from headswap.components.filesystem import read_json  # pylint: disable=wrong-import-position
+from headswap.evaluation.tfma_results import blessed, candidate_results  # pylint: disable=wrong-import-position
+from headswap.trainer import data  # pylint: disable=wrong-import-position
+from headswap.trainer.export import (EXAMPLES_INPUT, PHASE_1_PROBABILITIES,  # pylint: disable=wrong-import-position
+                                     PROBABILITIES, TFLITE_FLOAT16, TFLITE_INT8, TFLiteModel)
 
 GRID_SIZE = 16
 THUMBNAIL = 128
@@ -141,7 +141,7 @@ def _ingest_html(ingest):
 
 
 def _anomalies_html(artifacts):
-  from components.anomalies import read_anomalies  # pylint: disable=import-outside-toplevel
+  from headswap.components.anomalies import read_anomalies  # pylint: disable=import-outside-toplevel
   found = read_anomalies(artifacts["ExampleValidator.anomalies"])
   if not found:
     return "<p>The ExampleValidator found no anomalies.</p>"
@@ -153,8 +153,8 @@ def _anomalies_html(artifacts):
 
 def _training_html(model_run, folder, predictions, split):
   # pylint: disable=import-outside-toplevel
-  from trainer.task import CURVES_FILE, SUMMARY_FILE
-  from trainer.train import TENSORBOARD_FOLDER
+  from headswap.trainer.task import CURVES_FILE, SUMMARY_FILE
+  from headswap.trainer.train import TENSORBOARD_FOLDER
   parts = []
   curves = os.path.join(model_run, CURVES_FILE)
   if tf.io.gfile.exists(curves):
@@ -176,7 +176,7 @@ def _training_html(model_run, folder, predictions, split):
 def _tuning_html(summary, results):
   """Each stage's trials, best first, one column per hyperparameter; then the verdict."""
   # pylint: disable=import-outside-toplevel
-  from tuning.summary import TENSORBOARD_FOLDER, best_first
+  from headswap.tuning.summary import TENSORBOARD_FOLDER, best_first
   parts = []
   tensorboard = os.path.join(results, TENSORBOARD_FOLDER)
   if tf.io.gfile.exists(tensorboard):
@@ -317,7 +317,7 @@ def _megabytes(size_bytes):
 
 
 def _mislabel_html(model_run, examples, folder):
-  from trainer.task import TRAIN_PREDICTIONS_FILE  # pylint: disable=import-outside-toplevel
+  from headswap.trainer.task import TRAIN_PREDICTIONS_FILE  # pylint: disable=import-outside-toplevel
   predictions = read_json(os.path.join(model_run, TRAIN_PREDICTIONS_FILE))
   if not predictions:
     return "<p>The Trainer wrote no predictions on the training images.</p>"
@@ -348,7 +348,7 @@ def _gate_html(artifacts, num_classes):
   import tensorflow_model_analysis as tfma
   from tensorflow_model_analysis.writers import eval_config_writer
 
-  from pipeline.baseline import evaluated_accuracies
+  from headswap.pipeline.baseline import evaluated_accuracies
   evaluation = artifacts["Evaluator.evaluation"]
   eval_config, _, _, model_locations = eval_config_writer.load_eval_run(evaluation)
   threshold, = [metric.threshold for spec in eval_config.metrics_specs

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow_model_analysis as tfma
 
-from components import filesystem
+from headswap.components import filesystem
 
 ACCURACY = "sparse_categorical_accuracy"  # the gated metric (pipeline.eval_config)
 CONFUSION = "multi_class_confusion_matrix_plot"

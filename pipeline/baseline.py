@@ -12,7 +12,7 @@ from tfx import types
 from tfx.components.evaluator import constants
 from tfx.dsl.components.common import resolver
 
-from evaluation.tfma_results import ACCURACY, overall_metrics
+from headswap.evaluation.tfma_results import ACCURACY, overall_metrics
 
 
 def evaluated_accuracies(evaluation_uri: str) -> Dict[str, float]:

@@ -6,12 +6,12 @@ Heavy imports (TensorFlow, TFX) happen inside the commands, so `headswap --help`
 import argparse
 import sys
 
-from components.image_example_gen import sources
-from evaluation import cli as evaluation_cli
-from pipeline import local_cli, remote_cli
-from serving import cli as serving_cli
-from trainer.backbones import cli as backbones_cli
-from tuning import cli as tuning_cli
+from headswap.components.image_example_gen import sources
+from headswap.evaluation import cli as evaluation_cli
+from headswap.pipeline import local_cli, remote_cli
+from headswap.serving import cli as serving_cli
+from headswap.trainer.backbones import cli as backbones_cli
+from headswap.tuning import cli as tuning_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ OUTPUT_FOLDER_COMMANDS = ("ingest", "run", "tune")
 
 def main(argv=None):
   args = build_parser().parse_args(argv)
-  from pipeline import console  # pylint: disable=import-outside-toplevel
+  from headswap.pipeline import console  # pylint: disable=import-outside-toplevel
 
   output = getattr(args, "output", None) if args.command in OUTPUT_FOLDER_COMMANDS else None
   # A server's request and error logs belong on its console: containers collect them there.

@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import Iterator, Optional
 
-from components import progress
+from headswap.components import progress
 
 # The story: one line per stage and the closing lines. Children of "headswap" log to the file
 # only, unless WARNING or worse.

@@ -9,8 +9,8 @@ import argparse
 import os
 import re
 
-from components.image_example_gen import sources
-from pipeline import gate
+from headswap.components.image_example_gen import sources
+from headswap.pipeline import gate
 
 DEFAULT_OUTPUT = "output"
 # The search flags, by dest, and the tuning.space.SearchSpace field each sets.
@@ -62,7 +62,7 @@ def add_training_arguments(parser):
   """One flag per trainer.hparams.HParams field; only flags given reach the Trainer."""
   import dataclasses  # pylint: disable=import-outside-toplevel
 
-  from trainer.hparams import HParams  # pylint: disable=import-outside-toplevel
+  from headswap.trainer.hparams import HParams  # pylint: disable=import-outside-toplevel
 
   group = parser.add_argument_group("training (defaults in trainer/hparams.py)")
   for field in dataclasses.fields(HParams):
@@ -126,7 +126,7 @@ def pipeline_name(args) -> str:
 def pipeline_config(args, stages):
   """The PipelineConfig of the flags add_data_arguments (and add_pipeline_arguments) declare,
   after listing --data for its classes and layout."""
-  from pipeline.pipeline import PipelineConfig  # pylint: disable=import-outside-toplevel
+  from headswap.pipeline.pipeline import PipelineConfig  # pylint: disable=import-outside-toplevel
 
   listing_options = dict(file_column=args.file_column, label_column=args.label_column,
                          allow_outside_root=args.allow_outside_root)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import yaml
 
 if TYPE_CHECKING:
-  from pipeline.pipeline import PipelineConfig
+  from headswap.pipeline.pipeline import PipelineConfig
 
 VERTEX, KUBEFLOW = "vertex", "kubeflow"
 TARGETS = (VERTEX, KUBEFLOW)
@@ -30,7 +30,7 @@ def compile_spec(config: "PipelineConfig", image: str, output: str, target: str 
   # pylint: disable=import-outside-toplevel; submitting needs neither TFX nor TensorFlow
   from tfx import v1 as tfx
 
-  from pipeline.pipeline import create_pipeline
+  from headswap.pipeline.pipeline import create_pipeline
 
   if target not in TARGETS:
     raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")

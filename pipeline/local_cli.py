@@ -4,7 +4,7 @@ pipeline/local_runner.py)."""
 import os
 import sys
 
-from pipeline import flags
+from headswap.pipeline import flags
 
 
 def register(commands):
@@ -22,9 +22,9 @@ def cmd_ingest(args):
 
 
 def cmd_run(args):
-  from evaluation.report import write_report
-  from evaluation.tfma_results import blessed
-  from pipeline.baseline import evaluated_accuracies
+  from headswap.evaluation.report import write_report
+  from headswap.evaluation.tfma_results import blessed
+  from headswap.pipeline.baseline import evaluated_accuracies
 
   artifacts = _run_pipeline(args, "all")
   if "Evaluator.evaluation" in artifacts:  # the closing summary: what the gate measured
@@ -38,13 +38,13 @@ def cmd_run(args):
 def _run_pipeline(args, stages):
   cpu_replicas = flags.given_hparams(args).get("cpu_replicas", 1)
   if cpu_replicas > 1:
-    from trainer.strategy import configure_cpu_devices
+    from headswap.trainer.strategy import configure_cpu_devices
     configure_cpu_devices(cpu_replicas)  # before anything initialises TensorFlow
   metadata_file = _metadata_file(args)  # before the slow imports and listing the data
 
-  from components import features, filesystem
-  from components.image_example_gen.executor import summarize
-  from pipeline import local_runner
+  from headswap.components import features, filesystem
+  from headswap.components.image_example_gen.executor import summarize
+  from headswap.pipeline import local_runner
 
   artifacts = local_runner.run(flags.pipeline_config(args, stages), metadata_file,
                                args.beam_args.split())
@@ -55,12 +55,12 @@ def _run_pipeline(args, stages):
 
 
 def _metadata_file(args) -> str:
-  from components import filesystem
+  from headswap.components import filesystem
 
   if args.metadata:
     return args.metadata
   if filesystem.is_remote(args.output):
     sys.exit(f"headswap: --output {args.output} is not on this machine, and ML Metadata is a "
              "local SQLite file: give --metadata PATH")
-  from pipeline import local_runner
+  from headswap.pipeline import local_runner
   return local_runner.metadata_path(args.output)

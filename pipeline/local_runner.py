@@ -9,8 +9,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from pipeline import console
-from pipeline.pipeline import PipelineConfig, create_pipeline
+from headswap.pipeline import console
+from headswap.pipeline.pipeline import PipelineConfig, create_pipeline
 
 
 def metadata_path(output: str) -> str:

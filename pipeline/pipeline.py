@@ -18,19 +18,18 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import bulk_inferrer_pb2, pusher_pb2, trainer_pb2
 from tfx.types import Channel, standard_artifacts
 
-import components
-import trainer
-import tuning
-from components import features, filesystem
-from components.anomalies import AnomaliesGate
-from components.atomic_pusher import executor as atomic_pusher
-from components.image_example_gen.component import ImageExampleGen
-from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
-                                                  DEFAULT_MAX_PIXELS)
-from pipeline import beam_args, gate
-from pipeline.baseline import BestBlessedModelStrategy
-from trainer.export import EXAMPLES_SIGNATURE, PROBABILITIES
-from tuning.component import Tuner as TransferTuner
+from headswap import components, trainer, tuning
+from headswap.components import features, filesystem
+from headswap.components.anomalies import AnomaliesGate
+from headswap.components.atomic_pusher import executor as atomic_pusher
+from headswap.components.image_example_gen.component import ImageExampleGen
+from headswap.components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT,
+                                                           DEFAULT_MAX_FILE_BYTES,
+                                                           DEFAULT_MAX_PIXELS)
+from headswap.pipeline import beam_args, gate
+from headswap.pipeline.baseline import BestBlessedModelStrategy
+from headswap.trainer.export import EXAMPLES_SIGNATURE, PROBABILITIES
+from headswap.tuning.component import Tuner as TransferTuner
 
 
 @dataclasses.dataclass
@@ -79,7 +78,8 @@ class PipelineConfig:
 TRAINER_MODULE = os.path.join(os.path.dirname(trainer.__file__), "tfx_module",
                               "trainer_module.py")
 TUNER_MODULE = os.path.join(os.path.dirname(tuning.__file__), "tfx_module", "tuner_module.py")
-TRAINER_FN, TUNER_FN = "trainer.task.run_fn", "tuning.component.tuner_fn"  # the same, imported
+# The same functions, imported by name (a container has no local module path).
+TRAINER_FN, TUNER_FN = "headswap.trainer.task.run_fn", "headswap.tuning.component.tuner_fn"
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -133,7 +133,7 @@ def _training_nodes(config, example_gen, schema_gen):
   trainer_class, tuner_class = Trainer, TransferTuner
   trainer_jobs, tuner_jobs = {}, {}
   if config.vertex_training:
-    from pipeline import vertex_training  # pylint: disable=import-outside-toplevel
+    from headswap.pipeline import vertex_training  # pylint: disable=import-outside-toplevel
     trainer_class, tuner_class = vertex_training.Trainer, vertex_training.Tuner
     trainer_jobs = config.vertex_training.trainer_config()
     tuner_jobs = config.vertex_training.tuner_config()

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from pipeline import flags
+from headswap.pipeline import flags
 
 
 def register(commands):
@@ -54,7 +54,7 @@ def register(commands):
 
 
 def compile_main(args):
-  from pipeline import kubeflow_runner  # pylint: disable=import-outside-toplevel
+  from headswap.pipeline import kubeflow_runner  # pylint: disable=import-outside-toplevel
 
   try:
     config = flags.pipeline_config(args, "all")
@@ -78,7 +78,7 @@ def _vertex_training(args):
     return None
   if not (args.project and args.region):
     raise ValueError("--vertex-jobs needs --project and --region")
-  from pipeline.vertex_training import VertexTraining  # pylint: disable=import-outside-toplevel
+  from headswap.pipeline.vertex_training import VertexTraining  # pylint: disable=import-outside-toplevel
   return VertexTraining(project=args.project, region=args.region, image=args.image,
                         machine_type=args.machine_type, accelerator_type=args.accelerator_type,
                         accelerator_count=args.accelerator_count, workers=args.workers,
@@ -86,7 +86,7 @@ def _vertex_training(args):
 
 
 def submit_main(args):
-  from pipeline import kubeflow_runner  # pylint: disable=import-outside-toplevel
+  from headswap.pipeline import kubeflow_runner  # pylint: disable=import-outside-toplevel
 
   try:
     name = kubeflow_runner.submit(args.spec, args.project, args.region, args.pipeline_root,

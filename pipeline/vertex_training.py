@@ -14,7 +14,7 @@ from tfx.extensions.google_cloud_ai_platform import constants
 from tfx.extensions.google_cloud_ai_platform.trainer import component as vertex_trainer
 from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer_executor
 
-from tuning import component as tuning_component
+from headswap.tuning import component as tuning_component
 
 Trainer = vertex_trainer.Trainer
 

@@ -14,8 +14,8 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
-from serving.errors import RequestError
-from serving.models import LoadedModel, Outcome
+from headswap.serving.errors import RequestError
+from headswap.serving.models import LoadedModel, Outcome
 
 log = logging.getLogger("headswap")
 

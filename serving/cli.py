@@ -8,7 +8,7 @@ import re
 import sys
 from typing import Dict
 
-from serving.config import ServerConfig
+from headswap.serving.config import ServerConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501  # TF Serving's REST port
@@ -135,7 +135,7 @@ def serve_main(args: argparse.Namespace) -> None:
   if args.model_config_file and (args.model_name or args.version_labels):
     sys.exit("headswap serve: with --model-config-file, name models and label versions in the "
              "file (name, version_labels), not with --model-name or --version-labels")
-  from serving import server  # pylint: disable=import-outside-toplevel
+  from headswap.serving import server  # pylint: disable=import-outside-toplevel
 
   config = ServerConfig(
       model_base_path=args.model_base_path or "", model_name=args.model_name,
@@ -180,7 +180,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predict_main(args: argparse.Namespace) -> None:
   """Exits with status 1 if any image could not be classified."""
-  from serving import client  # pylint: disable=import-outside-toplevel
+  from headswap.serving import client  # pylint: disable=import-outside-toplevel
 
   if args.server:
     try:

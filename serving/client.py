@@ -8,8 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import httpx
 
-from serving.config import ServerConfig
-from serving.errors import RequestError
+from headswap.serving.config import ServerConfig
+from headswap.serving.errors import RequestError
 
 MODEL_URL = re.compile(r"(?P<server>.+?)/v1/models/(?P<name>[^/:]+)/?")
 # The signature :predict calls without a signature_name, and its outputs (trainer/export.py)
@@ -54,8 +54,8 @@ def predict_local(model_path: str, image_paths: Sequence[str],
                   batch_size: int = ServerConfig.max_batch_size) -> List[ImageResult]:
   """`model_path` is a .tflite file, a SavedModel or a base path of numbered versions (the
   newest is used)."""
-  from serving import images, models  # TensorFlow: only for this mode
-  from trainer import export
+  from headswap.serving import images, models  # TensorFlow: only for this mode
+  from headswap.trainer import export
 
   model = (models.LoadedTFLite(model_path) if model_path.endswith(".tflite") else
            models.LoadedModel(export.resolve_saved_model(model_path)))

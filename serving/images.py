@@ -6,8 +6,8 @@ instead (upright RGB JPEG or PNG bytes; a GIF's first frame), it serves a photo 
 trained, and decodes at most --max-pixels per image.
 """
 
-from components.image_example_gen import decode
-from serving.errors import bad_request, too_large
+from headswap.components.image_example_gen import decode
+from headswap.serving.errors import bad_request, too_large
 
 
 def upright_rgb(data: bytes, max_pixels: int) -> bytes:

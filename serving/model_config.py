@@ -12,8 +12,8 @@ from typing import List
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from components import filesystem
-from serving.config import ModelSource
+from headswap.components import filesystem
+from headswap.serving.config import ModelSource
 
 
 def read(path: str) -> List[ModelSource]:

@@ -11,9 +11,9 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components import filesystem
-from serving.errors import RequestError, bad_request
-from trainer import export
+from headswap.components import filesystem
+from headswap.serving.errors import RequestError, bad_request
+from headswap.trainer import export
 
 log = logging.getLogger("headswap")
 story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)

@@ -14,11 +14,11 @@ from typing import Dict, List, Optional, Sequence
 from google.protobuf import message
 from tensorflow.core.example import example_pb2 as tf_example
 
-from components import features
-from serving.errors import RequestError, bad_request, not_found, too_large
-from serving.images import upright_rgb
-from serving.models import LoadedModel, Outputs
-from trainer import export
+from headswap.components import features
+from headswap.serving.errors import RequestError, bad_request, not_found, too_large
+from headswap.serving.images import upright_rgb
+from headswap.serving.models import LoadedModel, Outputs
+from headswap.trainer import export
 
 B64 = "b64"
 IMAGE_FORMAT = f'{{"{B64}": "<base64 image>"}}'

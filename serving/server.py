@@ -32,12 +32,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from serving import protocol
-from serving.batching import MicroBatcher
-from serving import model_config
-from serving.config import ModelSource, ServerConfig
-from serving.errors import RequestError, bad_request, not_found, shorten, too_large
-from serving.models import LoadedModel, ServedVersions
+from headswap.serving import protocol
+from headswap.serving.batching import MicroBatcher
+from headswap.serving import model_config
+from headswap.serving.config import ModelSource, ServerConfig
+from headswap.serving.errors import RequestError, bad_request, not_found, shorten, too_large
+from headswap.serving.models import LoadedModel, ServedVersions
 
 log = logging.getLogger("headswap")
 story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)

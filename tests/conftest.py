@@ -142,7 +142,7 @@ def write_bad_files(root, class_name, colour) -> dict:
 
 def run_ingest(data, output, *flags) -> dict:
   """`headswap ingest`, as a user runs it; returns the newest artifact URIs."""
-  from pipeline import cli, local_runner
+  from headswap.pipeline import cli, local_runner
 
   cli.main(["ingest", "--data", str(data), "--output", str(output), *flags])
   return local_runner.last_run_artifacts(local_runner.metadata_path(str(output)))
@@ -152,7 +152,7 @@ def read_examples(examples_uri) -> dict:
   """{split: [{feature: value}]}; the image stays bytes, other bytes become str."""
   import tensorflow as tf
 
-  from components import features
+  from headswap.components import features
 
   splits = {}
   for folder in sorted(glob.glob(os.path.join(examples_uri, "Split-*"))):
@@ -172,7 +172,7 @@ def _metadata_store(output):
   from ml_metadata.metadata_store import metadata_store
   from tfx import v1 as tfx
 
-  from pipeline import local_runner
+  from headswap.pipeline import local_runner
 
   return metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
       local_runner.metadata_path(str(output))))

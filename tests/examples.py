@@ -9,8 +9,8 @@ import os
 
 import tensorflow as tf
 
-from components import features
-from components.image_example_gen import decode, sources
+from headswap.components import features
+from headswap.components.image_example_gen import decode, sources
 
 
 def write_examples(images_root, output, eval_every=4):

@@ -16,10 +16,10 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data as photos
 
-from pipeline import cli
-from trainer import preprocessing
-from trainer.backbones import (WeightsUnavailableError, efficientnet_lite, imagenet, registry,
-                               torch_legacy)
+from headswap.pipeline import cli
+from headswap.trainer import preprocessing
+from headswap.trainer.backbones import (WeightsUnavailableError, efficientnet_lite, imagenet,
+                                        registry, torch_legacy)
 
 # ImageNet's domestic cats (classes 281-285); which of them a model prefers for chelsea varies.
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

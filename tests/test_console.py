@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from components import progress
-from pipeline import console
+from headswap.components import progress
+from headswap.pipeline import console
 from tests.conftest import write_class_folders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def _one_log(folder):
 
 def test_ingest_prints_its_stages_and_sends_library_logs_to_the_log_file(tmp_path):
   data, output = write_class_folders(str(tmp_path / "data"), per_class=8), tmp_path / "out"
-  done = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", "--data", data,
+  done = subprocess.run([sys.executable, "-m", "headswap.pipeline.cli", "ingest", "--data", data,
                          "--output", str(output)], cwd=REPO, capture_output=True, text=True,
                         check=False)
   screen = done.stdout + done.stderr

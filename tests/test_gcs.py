@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from pipeline import cli
+from headswap.pipeline import cli
 from tests.conftest import write_class_folders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def headswap(gcs, *args) -> str:
   """`headswap ARGS` against the emulator; its stdout."""
-  done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=gcs.env,
-                        capture_output=True, text=True, check=False)
+  done = subprocess.run([sys.executable, "-m", "headswap.pipeline.cli", *args], cwd=REPO,
+                        env=gcs.env, capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr[-5000:]
   return done.stdout
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import features
-from components.filesystem import read_json
-from components.image_example_gen import component, decode, executor, sources
-from pipeline import cli
+from headswap.components import features
+from headswap.components.filesystem import read_json
+from headswap.components.image_example_gen import component, decode, executor, sources
+from headswap.pipeline import cli
 from tests.conftest import (BOMB_LIMIT, CLASS_COLOURS, ROTATED, artifact_properties,
                             encode, make_image, node_states, prepare_mock_tfds, read_examples,
                             run_ingest, write_bad_files, write_class_folders, write_formats)

@@ -22,13 +22,13 @@ from ml_metadata.proto import metadata_store_pb2
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tfx.types import standard_artifacts
 
-from evaluation.report import natural_key, read_split
-from pipeline import cli, flags, local_runner
-from evaluation.tfma_results import ACCURACY
-from pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
-from pipeline.pipeline import PipelineConfig
+from headswap.evaluation.report import natural_key, read_split
+from headswap.pipeline import cli, flags, local_runner
+from headswap.evaluation.tfma_results import ACCURACY
+from headswap.pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
+from headswap.pipeline.pipeline import PipelineConfig
 from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
-from trainer.export import TFLITE_FLOAT16, TFLITE_INT8, ExportedModel
+from headswap.trainer.export import TFLITE_FLOAT16, TFLITE_INT8, ExportedModel
 
 TINY = ["--image-size", "64", "--batch-size", "8", "--fine-tune-epochs", "1",
         "--augment", "flip"]

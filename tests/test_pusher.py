@@ -7,13 +7,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from components.atomic_pusher.versions import STAGING_PREFIX, push
+from headswap.components.atomic_pusher.versions import STAGING_PREFIX, push
 
 # Pushes a model and prints its version, but the process stops itself after copying its first
 # file (the test's hook, around shutil's file copy); the parent then kills or resumes it there.
 PUSH_THAT_STOPS_MID_COPY = """
 import os, shutil, signal, sys
-from components.atomic_pusher.versions import push
+from headswap.components.atomic_pusher.versions import push
 copy_file = shutil.copyfile
 def copy_then_stop(*args, **kwargs):
   shutil.copyfile = copy_file

@@ -19,9 +19,9 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
 
-from components.image_example_gen import sources
-from pipeline import beam_args, cli, flags
-from pipeline.pipeline import PipelineConfig, create_pipeline
+from headswap.components.image_example_gen import sources
+from headswap.pipeline import beam_args, cli, flags
+from headswap.pipeline.pipeline import PipelineConfig, create_pipeline
 from tests.conftest import read_examples, run_ingest, write_class_folders
 from tests.examples import write_examples
 
@@ -223,8 +223,8 @@ def train_one_worker(examples, run_dir):
   import numpy as np
   import tensorflow as tf
 
-  from trainer import train
-  from trainer.hparams import HParams
+  from headswap.trainer import train
+  from headswap.trainer.hparams import HParams
 
   hp = HParams(image_size=32, epochs=2, learning_rate=1e-2, fine_tune_blocks=0, batch_size=4,
                augment="", fast_feature_extraction=False)
@@ -260,7 +260,7 @@ def run_fn_one_worker(examples, output):
       {"examples": [examples_artifact]}, {"model": [model], "model_run": [model_run]},
       {"train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(splits=["train"])),
        "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(splits=["eval"])),
-       "run_fn": "trainer.task.run_fn",
+       "run_fn": "headswap.trainer.task.run_fn",
        "custom_config": json.dumps({"hparams": hparams,
                                     "feature_cache_dir": os.path.join(output, "cache")})})
   print(RESULT_MARK + json.dumps({
@@ -329,7 +329,7 @@ def test_submit_without_credentials_fails_fast_with_a_clear_message(specs, tmp_p
   env.update(HOME=home, CLOUDSDK_CONFIG=os.path.join(home, "gcloud"),
              GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9")
   started = time.time()
-  result = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", "--spec",
+  result = subprocess.run([sys.executable, "-m", "headswap.pipeline.cli", "submit", "--spec",
                            paths["vertex"], "--project", "proj", "--region", "europe-west4"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0

@@ -25,17 +25,17 @@ import uvicorn
 from PIL import Image, ImageOps
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components.image_example_gen import decode
-from pipeline import cli
-from serving import cli as serving_cli, client
-from serving.config import ServerConfig
-from serving.errors import MAX_MESSAGE_CHARS
-from serving.server import NoModelError, uvicorn_config
+from headswap.components.image_example_gen import decode
+from headswap.pipeline import cli
+from headswap.serving import cli as serving_cli, client
+from headswap.serving.config import ServerConfig
+from headswap.serving.errors import MAX_MESSAGE_CHARS
+from headswap.serving.server import NoModelError, uvicorn_config
 from tests.conftest import CLASS_COLOURS, ROTATED, encode, make_image, write_formats
-from trainer import export
-from trainer.backbones import registry
-from trainer.hparams import HParams
-from trainer.model import build_classifier, build_head
+from headswap.trainer import export
+from headswap.trainer.backbones import registry
+from headswap.trainer.hparams import HParams
+from headswap.trainer.model import build_classifier, build_head
 
 NAME = "pets"
 SIZE = 64
@@ -673,7 +673,8 @@ def _serve_as_a_vertex_ai_container(storage_uri: str, environment: dict) -> None
   port, routes = _free_port(), "/v1/endpoints/7/deployedModels/8"
   environment = {**environment, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": storage_uri,
                  "AIP_PREDICT_ROUTE": f"{routes}:predict", "AIP_HEALTH_ROUTE": routes}
-  server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve"], env=environment)
+  server = subprocess.Popen([sys.executable, "-m", "headswap.pipeline.cli", "serve"],
+                            env=environment)
   url = f"http://127.0.0.1:{port}"
 
   def healthy() -> bool:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import features
-from components.progress import PLAIN_STEPS
-from evaluation import report
+from headswap.components import features
+from headswap.components.progress import PLAIN_STEPS
+from headswap.evaluation import report
 from tests.conftest import read_examples, write_class_folders
 from tests.examples import write_examples
-from trainer import data, export, feature_cache, preprocessing, train
-from trainer.backbones import registry
-from trainer.hparams import HParams
+from headswap.trainer import data, export, feature_cache, preprocessing, train
+from headswap.trainer.backbones import registry
+from headswap.trainer.hparams import HParams
 
 BACKBONE = "efficientnet_lite0"
 SIDE_BY_SIDE = "efficientnet_lite0+efficientnet_lite1"
@@ -247,13 +247,13 @@ def test_export_gives_each_phases_probabilities_when_phase_2_is_kept(examples, b
 
 EVERY_SPLIT_SIZE = """
 import json, sys
-from trainer.strategy import configure_cpu_devices
+from headswap.trainer.strategy import configure_cpu_devices
 configure_cpu_devices(4)  # before TensorFlow initialises, as the CLI does
 import keras, numpy as np, tensorflow as tf
-from trainer import data
-from trainer.hparams import HParams
-from trainer.strategy import mirrored_strategy
-from trainer.train import fit_phase
+from headswap.trainer import data
+from headswap.trainer.hparams import HParams
+from headswap.trainer.strategy import mirrored_strategy
+from headswap.trainer.train import fit_phase
 
 class NonEmpty(keras.layers.Layer):
   # Fails the step on any CPU if a replica is handed an empty batch.
@@ -297,11 +297,11 @@ def test_no_replica_gets_an_empty_batch_whatever_the_split_size(replicas):
 
 MIRRORED_TRAINING = """
 import json, sys
-from trainer.strategy import configure_cpu_devices
+from headswap.trainer.strategy import configure_cpu_devices
 configure_cpu_devices(3)  # before TensorFlow initialises, as the CLI does
 import numpy as np
-from trainer import train
-from trainer.hparams import HParams
+from headswap.trainer import train
+from headswap.trainer.hparams import HParams
 examples, work, replicas, fast = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "fast"
 hp = HParams(backbone="efficientnet_lite0", weights="none", image_size=64, epochs=1,
              fine_tune_epochs=1, fine_tune_blocks=1, batch_size=3, cpu_replicas=replicas,
@@ -373,7 +373,7 @@ def test_tflite_files_predict_as_the_saved_model_and_int8_is_smaller(examples, t
 
 def test_predict_classifies_with_a_tflite_file_as_with_the_saved_model(tflite_export, tmp_path,
                                                                        capsys):
-  from pipeline import cli
+  from headswap.pipeline import cli
 
   write_class_folders(str(tmp_path), per_class=1)
   image = str(tmp_path / "cats" / "cats.0.jpg")

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from components.filesystem import read_json
-from pipeline import cli
+from headswap.components.filesystem import read_json
+from headswap.pipeline import cli
 from tests.conftest import write_class_folders
 from tests.examples import write_examples
-from tuning.space import SearchSpace
+from headswap.tuning.space import SearchSpace
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 64

@@ -143,7 +143,7 @@ def test_compiled_vertex_pipeline_runs_task_by_task_with_data_on_gs(gcs, tmp_pat
   data = gcs.upload(str(data), "photos")
   spec_path, root = str(tmp_path / "pipeline.json"), str(tmp_path / "root")
   compiled = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "compile", "--target", "vertex", "--output",
+      [sys.executable, "-m", "headswap.pipeline.cli", "compile", "--target", "vertex", "--output",
        spec_path, "--data", data, "--name", "pets", "--pipeline-root", root,
        "--image", "headswap:test", *CHEAP, "--max-trials", "1", "--depth-trials", "1"],
       cwd=REPO, env=gcs.env, capture_output=True, text=True, check=False)

@@ -7,8 +7,8 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
-from components import features
-from trainer import preprocessing
+from headswap.components import features
+from headswap.trainer import preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048

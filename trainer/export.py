@@ -39,8 +39,8 @@ from tensorflow.lite.python import schema_py_generated as tflite_schema
 from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from components import features, filesystem
-from trainer import preprocessing
+from headswap.components import features, filesystem
+from headswap.trainer import preprocessing
 
 SERVING_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "from_examples"

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.progress import Advance, ignore, progress
-from trainer import data
-from trainer.backbones import registry
+from headswap.components.progress import Advance, ignore, progress
+from headswap.trainer import data
+from headswap.trainer.backbones import registry
 
 log = logging.getLogger("headswap")
 

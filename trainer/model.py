@@ -2,7 +2,7 @@
 
 import keras
 
-from trainer.hparams import HParams
+from headswap.trainer.hparams import HParams
 
 
 def build_head(feature_dim: int, num_classes: int, hp: HParams,

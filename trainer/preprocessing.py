@@ -9,7 +9,7 @@ here depends on the backbone but the size.
 
 import tensorflow as tf
 
-from components import features
+from headswap.components import features
 
 
 def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -10,10 +10,10 @@ import keras_tuner
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import data, export, plots
-from trainer.hparams import HParams
-from trainer.strategy import is_chief
-from trainer.train import train
+from headswap.trainer import data, export, plots
+from headswap.trainer.hparams import HParams
+from headswap.trainer.strategy import is_chief
+from headswap.trainer.train import train
 
 log = logging.getLogger("headswap")
 HISTORY_FILE = "history.json"

@@ -11,12 +11,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.progress import progress
-from trainer import data, feature_cache
-from trainer.backbones import registry
-from trainer.hparams import HParams
-from trainer.model import build_classifier, build_head, compile_for_training, restart_optimizer
-from trainer.strategy import distribution_strategy, is_chief, task_name, worker_count
+from headswap.components.progress import progress
+from headswap.trainer import data, feature_cache
+from headswap.trainer.backbones import registry
+from headswap.trainer.hparams import HParams
+from headswap.trainer.model import (build_classifier, build_head, compile_for_training,
+                                    restart_optimizer)
+from headswap.trainer.strategy import distribution_strategy, is_chief, task_name, worker_count
 
 log = logging.getLogger("headswap")
 FROZEN, FINE_TUNE = "frozen", "fine_tune"

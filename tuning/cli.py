@@ -10,7 +10,7 @@ Heavy imports happen inside main, so `headswap --help` stays instant.
 import os
 import sys
 
-from pipeline import flags
+from headswap.pipeline import flags
 
 DEFAULT_OUTPUT = os.path.join("output", "tune")
 
@@ -47,10 +47,10 @@ def register(commands):
 
 
 def main(args):
-  from trainer.hparams import HParams  # pylint: disable=import-outside-toplevel
-  from tuning import jobs  # pylint: disable=import-outside-toplevel
-  from tuning.space import SearchSpace  # pylint: disable=import-outside-toplevel
-  from tuning.summary import summary_table, write_summary  # pylint: disable=import-outside-toplevel
+  from headswap.trainer.hparams import HParams  # pylint: disable=import-outside-toplevel
+  from headswap.tuning import jobs  # pylint: disable=import-outside-toplevel
+  from headswap.tuning.space import SearchSpace  # pylint: disable=import-outside-toplevel
+  from headswap.tuning.summary import summary_table, write_summary  # pylint: disable=import-outside-toplevel
 
   given_space = flags.given_search_space(args)
   try:
@@ -78,7 +78,7 @@ def main(args):
 
 
 def _check(args, given_space):
-  from tuning.jobs import TuneError  # pylint: disable=import-outside-toplevel
+  from headswap.tuning.jobs import TuneError  # pylint: disable=import-outside-toplevel
 
   for flag, value in (("--max-trials", args.max_trials), ("--depth-trials", args.depth_trials),
                       ("--workers", args.workers)):
@@ -106,5 +106,5 @@ def _worker_command(args, cache_dir):
     else:
       worker_flags += [f"--{flag}", str(value)]
   # -v: a worker's whole log goes to its stdout, the tuner<k>.log the chief keeps for it.
-  return lambda address, worker_id: [sys.executable, "-m", "pipeline.cli", "-v", "tune",
+  return lambda address, worker_id: [sys.executable, "-m", "headswap.pipeline.cli", "-v", "tune",
                                      *worker_flags, "--oracle", address, "--worker-id", worker_id]

@@ -7,11 +7,11 @@ from tfx.components.tuner.component import TunerFnResult
 from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_component_specs
 
-from trainer import data
-from trainer.hparams import HParams
-from tuning.space import SearchSpace
-from tuning.summary import summarize_tuner, write_summary
-from tuning.trials import TransferTuner
+from headswap.trainer import data
+from headswap.trainer.hparams import HParams
+from headswap.tuning.space import SearchSpace
+from headswap.tuning.summary import summarize_tuner, write_summary
+from headswap.tuning.trials import TransferTuner
 
 
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:

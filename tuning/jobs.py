@@ -22,14 +22,14 @@ import tensorflow as tf
 from keras_tuner.src import protos
 from keras_tuner.src.distribute import oracle_chief
 
-from components import features
-from components.progress import progress
-from trainer import data
-from trainer.hparams import HParams
-from tuning.oracles import DEPTH_PORT_OFFSET, PORT_VARIABLE, stage_oracles
-from tuning.space import SearchSpace
-from tuning.summary import summarize, summarize_tuner
-from tuning.trials import TransferTuner, precompute
+from headswap.components import features
+from headswap.components.progress import progress
+from headswap.trainer import data
+from headswap.trainer.hparams import HParams
+from headswap.tuning.oracles import DEPTH_PORT_OFFSET, PORT_VARIABLE, stage_oracles
+from headswap.tuning.space import SearchSpace
+from headswap.tuning.summary import summarize, summarize_tuner
+from headswap.tuning.trials import TransferTuner, precompute
 
 log = logging.getLogger("headswap")
 story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)

@@ -15,8 +15,8 @@ from typing import Dict, Iterator, Optional, Tuple
 import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
 
-from components.progress import ignore, progress
-from tuning.space import OBJECTIVE, SearchSpace
+from headswap.components.progress import ignore, progress
+from headswap.tuning.space import OBJECTIVE, SearchSpace
 
 log = logging.getLogger("headswap")
 

@@ -8,10 +8,11 @@ from typing import Any, Dict, List
 
 import tensorflow as tf
 
-from tuning.oracles import DEPTH, HEADS, StageOracle, Status
-from tuning.space import LOSS, OBJECTIVE
-from tuning.trials import (EPOCHS, EVAL_IMAGES, FROZEN, TransferTuner, best_hyperparameters,
-                           best_trial, metric, paid_off, required_gain)
+from headswap.tuning.oracles import DEPTH, HEADS, StageOracle, Status
+from headswap.tuning.space import LOSS, OBJECTIVE
+from headswap.tuning.trials import (EPOCHS, EVAL_IMAGES, FROZEN, TransferTuner,
+                                    best_hyperparameters, best_trial, metric, paid_off,
+                                    required_gain)
 
 TENSORBOARD_FOLDER = "tensorboard"  # in the tuner's results: a run per trial, per stage
 _TRIAL_METRICS = ("val_accuracy", LOSS, EPOCHS, "seconds")

@@ -24,15 +24,15 @@ import keras_tuner
 import numpy as np
 from keras_tuner.src.distribute import utils as distribute_utils
 
-from components import progress
-from trainer import data, feature_cache
-from trainer.backbones import registry
-from trainer.hparams import HParams
-from trainer.model import build_classifier, build_head
-from trainer.train import fit_phase
-from tuning.oracles import (DEPTH, DEPTH_PORT_OFFSET, HEADS, StageOracle, Status, oracle_port,
-                            stage_oracles)
-from tuning.space import LOSS, OBJECTIVE, SearchSpace
+from headswap.components import progress
+from headswap.trainer import data, feature_cache
+from headswap.trainer.backbones import registry
+from headswap.trainer.hparams import HParams
+from headswap.trainer.model import build_classifier, build_head
+from headswap.trainer.train import fit_phase
+from headswap.tuning.oracles import (DEPTH, DEPTH_PORT_OFFSET, HEADS, StageOracle, Status,
+                                     oracle_port, stage_oracles)
+from headswap.tuning.space import LOSS, OBJECTIVE, SearchSpace
 
 log = logging.getLogger("headswap")
 EPOCHS = "epochs"  # a trial's best epoch count: the Trainer trains its phase that many

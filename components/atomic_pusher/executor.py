@@ -10,7 +10,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.atomic_pusher.versions import push
+from headswap.components.atomic_pusher.versions import push
 
 
 class Executor(tfx_pusher_executor.Executor):

@@ -11,10 +11,11 @@ from tfx.components.example_gen import driver, input_processor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components import features, filesystem
-from components.image_example_gen import executor, sources
-from components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT, DEFAULT_MAX_FILE_BYTES,
-                                                  DEFAULT_MAX_PIXELS)
+from headswap.components import features, filesystem
+from headswap.components.image_example_gen import executor, sources
+from headswap.components.image_example_gen.sources import (DEFAULT_EVAL_PERCENT,
+                                                           DEFAULT_MAX_FILE_BYTES,
+                                                           DEFAULT_MAX_PIXELS)
 
 
 def ImageExampleGen(data: str, labels_csv: Optional[str] = None,  # pylint: disable=invalid-name

@@ -18,8 +18,8 @@ from typing import Tuple
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from components import features, filesystem
-from components.image_example_gen.sources import DEFAULT_MAX_FILE_BYTES
+from headswap.components import features, filesystem
+from headswap.components.image_example_gen.sources import DEFAULT_MAX_FILE_BYTES
 
 KEPT_FORMATS = ("JPEG", "PNG")
 EXIF_ORIENTATION = 0x0112

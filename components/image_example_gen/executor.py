@@ -14,8 +14,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components import features
-from components.image_example_gen import decode, sources
+from headswap.components import features
+from headswap.components.image_example_gen import decode, sources
 
 log = logging.getLogger("headswap")
 PROGRESS_EVERY = 500

@@ -20,7 +20,7 @@ import io
 import os
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
-from components import features, filesystem
+from headswap.components import features, filesystem
 
 TFDS_PREFIX = "tfds:"
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are more likely bombs than photos

@@ -2,8 +2,8 @@
 
 import sys
 
-from components import features
-from components.image_example_gen.sources import DEFAULT_MAX_PIXELS
+from headswap.components import features
+from headswap.components.image_example_gen.sources import DEFAULT_MAX_PIXELS
 
 
 def register(commands):
@@ -38,9 +38,9 @@ PREDICT_BATCH = 32
 def imagenet_predict_main(args):
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from components.image_example_gen import decode  # pylint: disable=import-outside-toplevel
-  from trainer import preprocessing  # pylint: disable=import-outside-toplevel
-  from trainer.backbones import imagenet  # pylint: disable=import-outside-toplevel
+  from headswap.components.image_example_gen import decode  # pylint: disable=import-outside-toplevel
+  from headswap.trainer import preprocessing  # pylint: disable=import-outside-toplevel
+  from headswap.trainer.backbones import imagenet  # pylint: disable=import-outside-toplevel
 
   model = _or_exit("imagenet-predict", lambda: imagenet.classifier(args.backbone))
   for start in range(0, len(args.images), PREDICT_BATCH):
@@ -69,7 +69,7 @@ def imagenet_predict_main(args):
 def layers_main(args):
   import math  # pylint: disable=import-outside-toplevel
 
-  from trainer.backbones import registry  # pylint: disable=import-outside-toplevel
+  from headswap.trainer.backbones import registry  # pylint: disable=import-outside-toplevel
 
   model = _or_exit("layers", lambda: registry.build_base(args.backbone, args.weights))
   if args.fine_tune_blocks:

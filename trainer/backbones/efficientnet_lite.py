@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from trainer.backbones import WeightsUnavailableError, torch_legacy
+from headswap.trainer.backbones import WeightsUnavailableError, torch_legacy
 
 BN_EPSILON = 1e-3  # the TF reference's value; the converted checkpoints reproduce it
 DROP_CONNECT_RATE = 0.2

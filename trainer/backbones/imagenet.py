@@ -3,7 +3,7 @@
 import keras
 from tensorflow_datasets.datasets.siscore.labels import IMAGENET_LABELS_LIST
 
-from trainer.backbones import efficientnet_lite, registry
+from headswap.trainer.backbones import efficientnet_lite, registry
 
 _LITE = {"efficientnet_lite0": efficientnet_lite.EfficientNetLite0,
          "efficientnet_lite1": efficientnet_lite.EfficientNetLite1,

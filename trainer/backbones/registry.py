@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import keras
 import numpy as np
 
-from trainer.backbones import WeightsUnavailableError, efficientnet_lite
+from headswap.trainer.backbones import WeightsUnavailableError, efficientnet_lite
 
 # keras.applications take a weights file path as-is; None means random.
 Weights = Optional[str]

@@ -5,4 +5,4 @@ unrelated edits elsewhere must not re-run training. The pipeline adds a fingerpr
 trainer/ code to custom_config, so real changes to training still do.
 """
 
-from trainer.task import run_fn  # pylint: disable=unused-import
+from headswap.trainer.task import run_fn  # pylint: disable=unused-import
