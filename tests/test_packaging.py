@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,9 +23,14 @@ print(json.dumps({"names": names, "files": [sys.modules[name].__file__ for name 
 
 
 def test_the_wheel_installs_only_headswap_and_imports_without_the_checkout(tmp_path):
-  wheels, target = tmp_path / "wheels", tmp_path / "site"
+  source, wheels, target = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+  # A copy: setuptools writes build/ and *.egg-info beside setup.py.
+  for folder in FOLDERS:
+    shutil.copytree(os.path.join(REPO, folder), source / folder,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  shutil.copy(os.path.join(REPO, "setup.py"), source)
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                  "-w", str(wheels), REPO], check=True, capture_output=True)
+                  "-w", str(wheels), str(source)], check=True, capture_output=True)
   wheel, = wheels.iterdir()
   with zipfile.ZipFile(wheel) as archive:
     entries = archive.namelist()
