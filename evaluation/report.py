@@ -8,6 +8,7 @@ the SavedModel and of its .tflite files (with --tflite), and the gate: its floor
 its verdict with its reasons.
 """
 
+import dataclasses
 import html
 import io
 import os
@@ -80,8 +81,18 @@ def _parsed_examples(examples_uri: str, split: str):
     yield tf.io.parse_single_example(record, spec)
 
 
-def write_report(folder: str, artifacts: Dict[str, str]) -> str:
-  """Writes the report from the newest artifacts of a run; returns index.html's path."""
+@dataclasses.dataclass
+class Written:
+  """The report's index.html, and what the console's closing lines repeat from it."""
+  path: str
+  split: str  # the gate's split
+  accuracy: Dict[int, float]  # on that split, by phase (1, 2), for each phase the run exported
+  phase_2_trained: bool  # and not kept when accuracy has no phase 2
+
+
+def write_report(folder: str, artifacts: Dict[str, str]) -> Written:
+  """Writes the report from the newest artifacts of a run."""
+  from headswap.trainer.task import SUMMARY_FILE  # pylint: disable=import-outside-toplevel
   tf.io.gfile.makedirs(folder)  # here and below gfile: folder may be gs://
   examples = artifacts["ImageExampleGen.examples"]
   ingest = read_json(os.path.join(examples, features.REPORT_FILE))
@@ -94,8 +105,11 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
   predictions = (read_predictions(artifacts["BulkInferrer.inference_result"])
                  if "BulkInferrer.inference_result" in artifacts else None)
   model_run = artifacts.get("Trainer.model_run")
+  training = model_run and read_json(os.path.join(model_run, SUMMARY_FILE))
+  accuracy = phase_accuracies(training, predictions) if training and predictions is not None else {}
   if model_run:
-    sections.append(("Training", _training_html(model_run, folder, predictions, held_out)))
+    sections.append(("Training", _training_html(model_run, training, folder, accuracy,
+                                                held_out)))
   if "Trainer.model" in artifacts:
     results = candidate_results(artifacts["Evaluator.evaluation"], ingest["class_names"])
     sections.append((f"Results on the {held_out} split",
@@ -121,7 +135,7 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> str:
     for title, body in sections:
       f.write(f"<h2>{html.escape(title)}</h2>{body}")
     f.write("</body></html>")
-  return path
+  return Written(path, held_out, accuracy, bool(training and training.get("fine_tune")))
 
 
 def _ingest_html(ingest):
@@ -151,9 +165,9 @@ def _anomalies_html(artifacts):
           f"--allow-anomalies:</p><ul>{items}</ul>")
 
 
-def _training_html(model_run, folder, predictions, split):
+def _training_html(model_run, summary, folder, accuracy, split):
   # pylint: disable=import-outside-toplevel
-  from headswap.trainer.task import CURVES_FILE, SUMMARY_FILE
+  from headswap.trainer.task import CURVES_FILE
   from headswap.trainer.train import TENSORBOARD_FOLDER
   parts = []
   curves = os.path.join(model_run, CURVES_FILE)
@@ -164,9 +178,8 @@ def _training_html(model_run, folder, predictions, split):
   if tf.io.gfile.exists(tensorboard):
     parts.append(f"<p>Every step's curves: <code>tensorboard --logdir "
                  f"{html.escape(tensorboard)}</code></p>")
-  summary = read_json(os.path.join(model_run, SUMMARY_FILE))
   if summary:
-    parts.append(_phases_html(summary, predictions, split))
+    parts.append(_phases_html(summary, accuracy, split))
     settings = {"replicas": summary["replicas"], "global_batch_size": summary["global_batch_size"],
                 **summary["hparams"]}
     parts.append("<h3>Settings</h3>" + _table(["setting", "value"], settings.items()))
@@ -223,18 +236,22 @@ def _cell(value):
   return f"<td class='n'>{text}</td>" if numeric else f"<td>{text}</td>"
 
 
-def _phases_html(summary, predictions, split):
-  """Each phase's accuracy on the gate's split (the BulkInferrer's predictions) and eval-split
-  numbers side by side, and which model was shipped."""
+def phase_accuracies(summary, predictions) -> Dict[int, float]:
+  """{phase: accuracy} on the gate's split, from the BulkInferrer's predictions: the shipped
+  phase's, and phase 1's too when phase 2 was kept (the export has both: trainer/export.py)."""
+  labels = np.array(predictions[features.LABEL])
+  shipped = 2 if summary.get("fine_tune") and summary["fine_tune"]["kept"] else 1
+  accuracy = {shipped: float((predictions[PROBABILITIES].argmax(-1) == labels).mean())}
+  if predictions[PHASE_1_PROBABILITIES] is not None:
+    accuracy[1] = float((predictions[PHASE_1_PROBABILITIES].argmax(-1) == labels).mean())
+  return accuracy
+
+
+def _phases_html(summary, accuracy, split):
+  """Each phase's accuracy on the gate's split and eval-split numbers side by side, and which
+  model was shipped."""
   fine = summary.get("fine_tune")
   kept = bool(fine and fine["kept"])
-  accuracy = {}  # on the gate's split, by phase
-  if predictions is not None:
-    labels = np.array(predictions[features.LABEL])
-    shipped = (predictions[PROBABILITIES].argmax(-1) == labels).mean()
-    accuracy = {1: shipped} if not kept else {2: shipped}
-    if predictions[PHASE_1_PROBABILITIES] is not None:
-      accuracy[1] = (predictions[PHASE_1_PROBABILITIES].argmax(-1) == labels).mean()
   rows = [("after phase 1 (frozen base)", summary["frozen"], 1, not kept)]
   if fine:
     rows.append((f"after phase 2 (top {fine['blocks']} blocks fine-tuned)", fine, 2, kept))

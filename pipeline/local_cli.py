@@ -23,16 +23,20 @@ def cmd_ingest(args):
 
 def cmd_run(args):
   from headswap.evaluation.report import write_report
-  from headswap.evaluation.tfma_results import blessed
-  from headswap.pipeline.baseline import evaluated_accuracies
+  from headswap.pipeline import local_runner
 
   artifacts = _run_pipeline(args, "all")
-  if "Evaluator.evaluation" in artifacts:  # the closing summary: what the gate measured
-    accuracy = evaluated_accuracies(artifacts["Evaluator.evaluation"])["candidate"]
-    verdict = ("blessed and pushed" if blessed(artifacts["Evaluator.blessing"])
-               else "not blessed, not pushed")
-    print(f"accuracy {accuracy:.4f} on the gate's split: {verdict}")
-  print(f"report: {write_report(os.path.join(args.output, 'report'), artifacts)}")
+  report = write_report(os.path.join(args.output, "report"), artifacts)
+  if "Evaluator.blessing" in artifacts:  # the closing summary: each phase, then the gate's verdict
+    scores = [f"{accuracy:.4f} after phase {phase}" for phase, accuracy in
+              sorted(report.accuracy.items())]
+    if report.phase_2_trained and 2 not in report.accuracy:
+      scores.append("phase 2 not kept")
+    print(f"{report.split} accuracy: {', '.join(scores)}")
+    pushed = local_runner.pushed_destination(_metadata_file(args))
+    print(f"gate: blessed, pushed to {pushed}" if pushed
+          else "gate: not blessed, not pushed (the report's Gate section says why)")
+  print(f"report: {report.path}")
 
 
 def _run_pipeline(args, stages):

@@ -63,6 +63,16 @@ def last_run_artifacts(metadata_file: str) -> Dict[str, str]:
           outputs_of(store, last_run_executions(store)).items()}
 
 
+def pushed_destination(metadata_file: str) -> Optional[str]:
+  """Where the newest run's Pusher published the model (<base>/<version>); None if it did not
+  push (TFX's Pusher marks its artifact either way)."""
+  store = open_store(metadata_file)
+  pushed = outputs_of(store, last_run_executions(store)).get("Pusher.pushed_model")
+  if pushed is None or not pushed.custom_properties["pushed"].int_value:
+    return None
+  return pushed.custom_properties["pushed_destination"].string_value
+
+
 def open_store(metadata_file: str, read_only: bool = False) -> metadata_store.MetadataStore:
   connection = metadata.sqlite_metadata_connection_config(metadata_file)
   if read_only:  # a benchmark reads the store of a run it did not start

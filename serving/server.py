@@ -33,8 +33,8 @@ from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from headswap.serving import protocol
-from headswap.serving.batching import MicroBatcher
 from headswap.serving import model_config
+from headswap.serving.batching import MicroBatcher
 from headswap.serving.config import ModelSource, ServerConfig
 from headswap.serving.errors import RequestError, bad_request, not_found, shorten, too_large
 from headswap.serving.models import LoadedModel, ServedVersions

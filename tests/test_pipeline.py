@@ -23,12 +23,12 @@ from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tfx.types import standard_artifacts
 
 from headswap.evaluation.report import natural_key, read_split
-from headswap.pipeline import cli, flags, local_runner
 from headswap.evaluation.tfma_results import ACCURACY
+from headswap.pipeline import cli, flags, local_runner
 from headswap.pipeline.baseline import BestBlessedModelStrategy, evaluated_accuracies
 from headswap.pipeline.pipeline import PipelineConfig
-from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
 from headswap.trainer.export import TFLITE_FLOAT16, TFLITE_INT8, ExportedModel
+from tests.conftest import CLASS_COLOURS, artifact_properties, node_states, write_class_folders
 
 TINY = ["--image-size", "64", "--batch-size", "8", "--fine-tune-epochs", "1",
         "--augment", "flip"]
@@ -50,6 +50,12 @@ def good_run(tmp_path_factory):
 def _versions(output):
   serving = os.path.join(output, "serving", "data")
   return sorted(name for name in os.listdir(serving) if name.isdigit())
+
+
+def _closing_lines(output, run):
+  """A run's console lines after its stages, from its log (OUTPUT/logs holds one per run)."""
+  with open(sorted(glob.glob(os.path.join(output, "logs", "headswap-*.log")))[run]) as f:
+    return f.read().rsplit("\nexamples: ", 1)[1]
 
 
 def _blessed(artifacts):
@@ -101,6 +107,12 @@ def test_good_model_is_tuned_blessed_pushed_and_reported(good_run):
                                                                       version)))
   assert re.search(r"<td>model_int8.tflite \(int8\)</td><td class='n'>[\d.]+</td>"
                    r"<td class='n'>[\d.]+</td>", report)
+  # The console's closing lines: the report's numbers for each phase, the pushed version.
+  closing = _closing_lines(output, 0)
+  shipped = 2 if training.get("fine_tune", {}).get("kept") else 1
+  assert re.search(rf"^test accuracy: .*{accuracy:.4f} after phase {shipped}", closing, re.M)
+  assert (f"gate: blessed, pushed to {os.path.join(output, 'serving', 'data', version)}\n"
+          in closing)
 
 
 def test_the_shipped_model_fitted_every_photo_but_the_gates_and_predicts_them_as_exported(
@@ -155,6 +167,7 @@ def test_model_trained_on_swapped_labels_is_not_blessed_and_not_pushed(good_run,
   with open(os.path.join(output, "report", "index.html")) as f:
     report = f.read()
   assert "NOT blessed" in report
+  assert "gate: not blessed, not pushed" in _closing_lines(output, -1)
   accuracy = evaluated_accuracies(good_run[2]["Evaluator.evaluation"])["candidate"]
   assert re.search(f"below the baseline, the most accurate model blessed before "
                    f"\\({re.escape(baseline)}.*\\): {accuracy:.4f}", report), report

@@ -31,11 +31,11 @@ from headswap.serving import cli as serving_cli, client
 from headswap.serving.config import ServerConfig
 from headswap.serving.errors import MAX_MESSAGE_CHARS
 from headswap.serving.server import NoModelError, uvicorn_config
-from tests.conftest import CLASS_COLOURS, ROTATED, encode, make_image, write_formats
 from headswap.trainer import export
 from headswap.trainer.backbones import registry
 from headswap.trainer.hparams import HParams
 from headswap.trainer.model import build_classifier, build_head
+from tests.conftest import CLASS_COLOURS, ROTATED, encode, make_image, write_formats
 
 NAME = "pets"
 SIZE = 64

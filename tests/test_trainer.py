@@ -13,11 +13,11 @@ import tensorflow as tf
 from headswap.components import features
 from headswap.components.progress import PLAIN_STEPS
 from headswap.evaluation import report
-from tests.conftest import read_examples, write_class_folders
-from tests.examples import write_examples
 from headswap.trainer import data, export, feature_cache, preprocessing, train
 from headswap.trainer.backbones import registry
 from headswap.trainer.hparams import HParams
+from tests.conftest import read_examples, write_class_folders
+from tests.examples import write_examples
 
 BACKBONE = "efficientnet_lite0"
 SIDE_BY_SIDE = "efficientnet_lite0+efficientnet_lite1"

@@ -13,9 +13,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from headswap.components.filesystem import read_json
 from headswap.pipeline import cli
+from headswap.tuning.space import SearchSpace
 from tests.conftest import write_class_folders
 from tests.examples import write_examples
-from headswap.tuning.space import SearchSpace
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 64
