@@ -206,17 +206,24 @@ def _tuning_html(summary, results):
                  f"ranked by {html.escape(summary['objective'][stage])}</h3>"
                  + _table(["trial", "worker", "val_loss", "val_accuracy", "best epoch", "seconds",
                            *names, "status"], rows))
-  paid_off = summary["fine_tuning_paid_off"]
   extraction, tuned = summary["feature_extraction"], summary["best_fine_tune"]
-  measured = (f": on the eval split, the best fine-tuning reached accuracy "
-              f"{_number(tuned['val_accuracy'], 4)} (loss {_number(tuned['val_loss'], 4)}) "
-              f"against the head's {_number(extraction['eval_val_accuracy'], 4)} "
-              f"({_number(extraction['eval_val_loss'], 4)}); to be kept it had to add more "
-              f"than {_number(summary['required_gain'], 4)}, what chance alone adds to the "
-              f"best of every epoch of every depth trial on {extraction['eval_images']} images"
-              if tuned else " (not tried)")
-  parts.append(f"<p>Fine-tuning {'paid off' if paid_off else 'did not pay off'}{measured}. "
-               "The Trainer got:</p>"
+  chance = (f"{_number(summary['required_gain'], 4)}, what chance alone adds to the best of "
+            f"every epoch of every depth trial on {extraction['eval_images']} images")
+  if not tuned:
+    verdict = "Fine-tuning did not pay off (not tried)."
+  elif not tuned["epochs"]:  # the depth trials trained nothing (tuning/trials.py futile_depth)
+    accuracy = extraction["eval_val_accuracy"]
+    verdict = (f"Fine-tuning was not trained: the head's eval accuracy {_number(accuracy, 4)} "
+               f"leaves {_number(1 - accuracy, 4)} to gain, and to be kept it had to add more "
+               f"than {chance}.")
+  else:
+    paid_off = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
+    verdict = (f"Fine-tuning {paid_off}: on the eval split, the best fine-tuning reached accuracy "
+               f"{_number(tuned['val_accuracy'], 4)} (loss {_number(tuned['val_loss'], 4)}) "
+               f"against the head's {_number(extraction['eval_val_accuracy'], 4)} "
+               f"({_number(extraction['eval_val_loss'], 4)}); to be kept it had to add more "
+               f"than {chance}.")
+  parts.append(f"<p>{verdict} The Trainer got:</p>"
                + _table(["hyperparameter", "value"], summary["best_hyperparameters"].items()))
   return "".join(parts)
 

@@ -15,7 +15,8 @@ from headswap.pipeline import gate
 DEFAULT_OUTPUT = "output"
 # The search flags, by dest, and the tuning.space.SearchSpace field each sets.
 SEARCH_SPACE_FIELDS = {"max_trials": "head_trials", "depth_trials": "depth_trials",
-                       "tune_seconds": "seconds"}
+                       "tune_seconds": "seconds",
+                       "always_train_depth_trials": "always_train_depth_trials"}
 
 
 def add_data_arguments(parser, output=True):
@@ -80,6 +81,10 @@ def add_search_arguments(group):
   group.add_argument("--max-trials", type=int, help="head trials on cached features")
   group.add_argument("--depth-trials", type=int, help="fine-tune depth trials")
   group.add_argument("--tune-seconds", type=float, help="time budget of the search")
+  group.add_argument("--always-train-depth-trials", action=argparse.BooleanOptionalAction,
+                     default=None,
+                     help="train the depth trials even when the head's eval accuracy leaves "
+                          "fine-tuning no room to be kept (by default they train nothing then)")
 
 
 def add_pipeline_arguments(parser, output=True):

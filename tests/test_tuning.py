@@ -43,14 +43,19 @@ def _tune(job, name, *extra):
     return read_json(os.path.join(output, "tuning_summary.json")), f.read()
 
 
+# So few eval images leave the head no room to be beaten by the margin: the depth trials would
+# train nothing (test_depth_trials_train_nothing_when_...) unless told to.
+TRAIN_DEPTH = "--always-train-depth-trials"
+
+
 @pytest.fixture(scope="module")
 def in_process(job):
-  return _tune(job, "in_process")
+  return _tune(job, "in_process", TRAIN_DEPTH)
 
 
 @pytest.fixture(scope="module")
 def distributed(job, in_process):  # after in_process: the feature cache is filled
-  return _tune(job, "distributed", "--workers", "2")
+  return _tune(job, "distributed", "--workers", "2", TRAIN_DEPTH)
 
 
 def _rows(summary):
@@ -90,6 +95,21 @@ def test_search_lists_every_trial_and_says_whether_fine_tuning_paid_off(in_proce
   # The Trainer's phase 1 trains the cross-validated epoch count on every training image.
   assert best["stop_early"] is False
   assert best["epochs"] == extraction["epochs"]
+
+
+def test_depth_trials_train_nothing_when_no_eval_score_could_keep_fine_tuning(job):
+  """Without --always-train-depth-trials: a head at eval accuracy p gains at most 1 - p, which
+  on these few eval images is not more than the margin, so no depth trial can make fine-tuning
+  kept. Each is the head itself, trained zero epochs; the Trainer gets no phase 2."""
+  summary, table = _tune(job, "futile")
+  extraction, depth = summary["feature_extraction"], summary["stages"]["depth"]["trials"]
+  accuracy = extraction["eval_val_accuracy"]
+  assert 1 - accuracy <= summary["required_gain"]
+  assert len(depth) == DEPTH_TRIALS
+  assert all(row["epochs"] == 0 and row["val_accuracy"] == accuracy for row in depth)
+  assert not summary["fine_tuning_paid_off"]
+  assert summary["best_hyperparameters"]["fine_tune_blocks"] == 0
+  assert "fine-tuning not trained" in table
 
 
 def test_every_trial_reaches_tensorboards_hparams_dashboard(job, in_process):

@@ -101,6 +101,11 @@ def _verdict(summary: Dict[str, Any]) -> str:
   tuned = summary["best_fine_tune"]
   if not tuned:
     return f"fine-tuning not tried (no depth trial ran): {measured}"
+  if not tuned[EPOCHS]:  # the depth trials trained nothing (tuning/trials.py futile_depth)
+    return (f"fine-tuning not trained: the head's eval val_accuracy "
+            f"{_number(extraction['eval_val_accuracy'])} on {extraction[EVAL_IMAGES]} images "
+            f"leaves {_number(1 - extraction['eval_val_accuracy'])}, not more than the "
+            f"{_number(summary['required_gain'])} it must add; {measured}")
   verdict = "paid off" if summary["fine_tuning_paid_off"] else "did not pay off"
   blocks = tuned["fine_tune_blocks"]
   return (f"fine-tuning {verdict}: top {blocks} block{'s' * (blocks > 1)} unfrozen reached "

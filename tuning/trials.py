@@ -35,6 +35,7 @@ from headswap.tuning.oracles import (DEPTH, DEPTH_PORT_OFFSET, HEADS, StageOracl
 from headswap.tuning.space import LOSS, OBJECTIVE, SearchSpace
 
 log = logging.getLogger("headswap")
+story = logging.getLogger("headswap.console")  # on the console too (pipeline/console.py)
 EPOCHS = "epochs"  # a trial's best epoch count: the Trainer trains its phase that many
 # A depth trial's yardstick: the eval split's val_accuracy and val_loss of the head it starts
 # from (head trials are scored on folds of train instead), and how many images they are on.
@@ -184,9 +185,20 @@ class TransferTuner(keras_tuner.Tuner):
       history = fit_phase(head, hp.learning_rate, data.examples_of(*train_outputs),
                           data.examples_of(*eval_outputs), hp, hp.feature_batch_size,
                           hp.epochs, stop_early=hp.stop_early)
-      self._best_head = head, values, {**{FROZEN[name]: history[name][-1] for name in FROZEN},
-                                       EVAL_IMAGES: len(eval_outputs[1])}
+      frozen = {**{FROZEN[name]: history[name][-1] for name in FROZEN},
+                EVAL_IMAGES: len(eval_outputs[1]),
+                CANDIDATES: self._space.depth_trials * self._space.depth_epochs}
+      self._best_head = head, values, frozen
+      if self._trains_nothing(frozen):
+        accuracy = frozen[FROZEN[OBJECTIVE.name]]
+        story.info("depth trials train nothing: the head's eval accuracy %.4f on %d images "
+                   "leaves %.4f to gain, and fine-tuning would have to add more than %.4f "
+                   "(--always-train-depth-trials trains them)", accuracy, frozen[EVAL_IMAGES],
+                   1 - accuracy, _margin(frozen))
     return self._best_head
+
+  def _trains_nothing(self, frozen: Dict[str, float]) -> bool:
+    return not self._space.always_train_depth_trials and futile_depth(frozen)
 
   def run_trial(self, trial, *args, **kwargs):
     """The best head fine-tuned with the top blocks unfrozen, as the Trainer's phase 2 does
@@ -196,6 +208,10 @@ class TransferTuner(keras_tuner.Tuner):
     hp = trial.hyperparameters
     for name, value in values.items():
       hp.Fixed(name, value)
+    if self._trains_nothing(frozen):
+      # Zero epochs of fine-tuning: the head itself, which cannot beat itself.
+      return {OBJECTIVE.name: frozen[FROZEN[OBJECTIVE.name]], LOSS: frozen[FROZEN[LOSS]],
+              EPOCHS: 0, "seconds": round(time.time() - started, 2), **frozen}
     blocks = hp.get("fine_tune_blocks")
     head_copy = keras.models.clone_model(head)
     head_copy.set_weights(head.get_weights())
@@ -218,8 +234,7 @@ class TransferTuner(keras_tuner.Tuner):
     finally:
       base.trainable = False
       base.set_weights(self._splits.base_weights)
-    return {**_best_epoch(history[OBJECTIVE.name], history[LOSS], started), **frozen,
-            CANDIDATES: self._space.depth_trials * self._space.depth_epochs}
+    return {**_best_epoch(history[OBJECTIVE.name], history[LOSS], started), **frozen}
 
   # KerasTuner prints these (TFX's Tuner executor asks for both): to the log, not the console.
   def search_space_summary(self, extended=False):
@@ -296,14 +311,24 @@ def paid_off(depth_trial) -> bool:
 
 
 def required_gain(depth_trial) -> float:
+  return _margin({name: metric(depth_trial, name)
+                  for name in (FROZEN[OBJECTIVE.name], EVAL_IMAGES, CANDIDATES)})
+
+
+def futile_depth(frozen: Dict[str, float]) -> bool:
+  """Not even a perfect eval score could beat the head's by the margin (paid_off): no depth
+  trial can make fine-tuning kept."""
+  return 1 - frozen[FROZEN[OBJECTIVE.name]] <= _margin(frozen)
+
+
+def _margin(frozen: Dict[str, float]) -> float:
   """What chance alone adds to the best of the stage's CANDIDATES eval scores of a model with
   the head's eval accuracy p on n images: the one-sided SIGNIFICANCE margin of its standard
   error sqrt(p (1 - p) / n), Bonferroni-corrected for the candidates. With 3 trials x 2 epochs
   z = 2.39: on cat_breeds' 153 eval photos at 69%, 9.0 points; at one standard error, the
   margin before, phase 2 was kept for +3.9 points in the run where it lost 2.0 on test."""
-  accuracy, images, candidates = (metric(depth_trial, name) for name in
-                                  (FROZEN[OBJECTIVE.name], EVAL_IMAGES, CANDIDATES))
-  z = statistics.NormalDist().inv_cdf(1 - SIGNIFICANCE / candidates)
+  accuracy, images = frozen[FROZEN[OBJECTIVE.name]], frozen[EVAL_IMAGES]
+  z = statistics.NormalDist().inv_cdf(1 - SIGNIFICANCE / frozen[CANDIDATES])
   return z * math.sqrt(accuracy * (1 - accuracy) / images)
 
 
