@@ -106,7 +106,8 @@ def write_report(folder: str, artifacts: Dict[str, str]) -> Written:
                  if "BulkInferrer.inference_result" in artifacts else None)
   model_run = artifacts.get("Trainer.model_run")
   training = model_run and read_json(os.path.join(model_run, SUMMARY_FILE))
-  accuracy = phase_accuracies(training, predictions) if training and predictions is not None else {}
+  accuracy = (_phase_accuracies(training, predictions)
+              if training and predictions is not None else {})
   if model_run:
     sections.append(("Training", _training_html(model_run, training, folder, accuracy,
                                                 held_out)))
@@ -243,7 +244,7 @@ def _cell(value):
   return f"<td class='n'>{text}</td>" if numeric else f"<td>{text}</td>"
 
 
-def phase_accuracies(summary, predictions) -> Dict[int, float]:
+def _phase_accuracies(summary, predictions) -> Dict[int, float]:
   """{phase: accuracy} on the gate's split, from the BulkInferrer's predictions: the shipped
   phase's, and phase 1's too when phase 2 was kept (the export has both: trainer/export.py)."""
   labels = np.array(predictions[features.LABEL])

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: training runs have no screen
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+from matplotlib import ticker  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
 
@@ -28,6 +29,7 @@ def learning_curves(history: List[Dict[str, float]], path: str) -> str:
     axis.set_ylabel(title)
     axis.legend(loc="lower right" if metric == "accuracy" else "upper right")
   axes[1].set_xlabel("epoch")
+  axes[1].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # no epoch 1.5
   figure.tight_layout()
   image = io.BytesIO()
   figure.savefig(image, format="png", dpi=100)
